@@ -1,0 +1,161 @@
+//! The driver's error type and the one mapping from errors to gRPC status
+//! codes (as the CSI spec prescribes them), which also logs each failure.
+
+use nix::errno::Errno;
+use tonic::{Code, Status};
+
+use crate::{command, controller, export, inflight, mount, node, offload, safefs, volume};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Volume(#[from] volume::Error),
+    #[error(transparent)]
+    Fs(#[from] safefs::Error),
+    #[error(transparent)]
+    Mount(#[from] mount::Error),
+    #[error(transparent)]
+    Export(#[from] export::Error),
+    #[error(transparent)]
+    Offload(#[from] offload::Error),
+    #[error(transparent)]
+    Busy(#[from] inflight::Busy),
+    #[error(transparent)]
+    Controller(#[from] controller::Error),
+    #[error(transparent)]
+    Node(#[from] node::Error),
+}
+
+fn errno_code(e: Errno) -> Code {
+    match e {
+        Errno::ENOSPC | Errno::EDQUOT => Code::ResourceExhausted,
+        Errno::EROFS | Errno::ENOTDIR | Errno::ELOOP => Code::FailedPrecondition,
+        Errno::ESTALE | Errno::ETIMEDOUT | Errno::EHOSTDOWN | Errno::EHOSTUNREACH => {
+            Code::Unavailable
+        }
+        _ => Code::Internal,
+    }
+}
+
+fn mount_code(e: &mount::Error) -> Code {
+    match e {
+        mount::Error::Command(command::Error::TimedOut { .. }) => Code::Unavailable,
+        mount::Error::Syscall { cause, .. } | mount::Error::Unmount { cause, .. } => {
+            errno_code(*cause)
+        }
+        _ => Code::Internal,
+    }
+}
+
+/// The gRPC code for an error.
+pub fn code(err: &Error) -> Code {
+    use controller::Error as C;
+    use node::Error as N;
+    match err {
+        Error::Volume(volume::Error::InvalidId { .. }) => Code::NotFound,
+        Error::Volume(_) => Code::InvalidArgument,
+        Error::Fs(safefs::Error::NotADirectory { .. } | safefs::Error::CrossesMount { .. }) => {
+            Code::FailedPrecondition
+        }
+        Error::Fs(safefs::Error::Io { source, .. }) => errno_code(*source),
+        Error::Fs(safefs::Error::TooLarge { .. }) => Code::Internal,
+        Error::Mount(e) => mount_code(e),
+        Error::Export(export::Error::NotResponding { .. }) => Code::Unavailable,
+        Error::Export(export::Error::Missing { .. }) => Code::FailedPrecondition,
+        Error::Export(export::Error::Mount { source, .. }) => mount_code(source),
+        Error::Export(export::Error::State { .. }) => Code::Internal,
+        Error::Offload(offload::Error::Panicked { .. }) => Code::Internal,
+        Error::Offload(_) => Code::Unavailable,
+        Error::Busy(_) => Code::Aborted,
+        Error::Controller(e) => match e {
+            C::Missing(_)
+            | C::Block
+            | C::NoAccessType
+            | C::NoAccessMode
+            | C::BadRange(_)
+            | C::ContentSource
+            | C::NegativeMaxEntries => Code::InvalidArgument,
+            C::NotFound(_) => Code::NotFound,
+            C::AlreadyExists { .. } => Code::AlreadyExists,
+            C::BadToken(_) => Code::Aborted,
+            C::CorruptRecord { .. } => Code::Internal,
+        },
+        Error::Node(e) => match e {
+            N::Missing(_)
+            | N::Block
+            | N::PathOutside { .. }
+            | N::InlineDisabled
+            | N::InlineParameter { .. } => Code::InvalidArgument,
+            N::InlineServer(_) => Code::PermissionDenied,
+            N::NotStaged { .. } => Code::FailedPrecondition,
+            N::Conflict { .. } => Code::AlreadyExists,
+            N::NotMounted { .. } => Code::NotFound,
+            N::NotEmpty { .. } | N::NotReadOnly { .. } => Code::Internal,
+        },
+    }
+}
+
+/// Turns an error into the Status the client sees, logging it once.
+pub fn to_status(err: impl Into<Error>) -> Status {
+    let err = err.into();
+    let code = code(&err);
+    let message = chain(&err);
+    match code {
+        Code::Internal | Code::Unavailable => tracing::error!(code = ?code, "{message}"),
+        _ => tracing::warn!(code = ?code, "{message}"),
+    }
+    Status::new(code, message)
+}
+
+/// The error and its sources, joined.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let part = e.to_string();
+        if !s.contains(&part) {
+            s.push_str(": ");
+            s.push_str(&part);
+        }
+        cur = e.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_the_spec() {
+        let bad_id = volume::VolumeId::parse("nope").unwrap_err();
+        assert_eq!(to_status(bad_id).code(), Code::NotFound);
+        assert_eq!(
+            to_status(controller::Error::BadToken("x".into())).code(),
+            Code::Aborted
+        );
+        assert_eq!(
+            to_status(inflight::Busy { key: "k".into() }).code(),
+            Code::Aborted
+        );
+        let s = to_status(export::Error::NotResponding {
+            export: "nfs://h/e".into(),
+            source: offload::Error::TimedOut {
+                what: "statvfs".into(),
+                secs: 5,
+            },
+        });
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(
+            s.message().contains("nfs://h/e") && s.message().contains("5 s"),
+            "{}",
+            s.message()
+        );
+        let full = safefs::Error::Io {
+            op: "mkdir",
+            path: "/x".into(),
+            source: Errno::ENOSPC,
+        };
+        assert_eq!(to_status(full).code(), Code::ResourceExhausted);
+    }
+}

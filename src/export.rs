@@ -1,0 +1,534 @@
+//! Exports: the NFS shares (or admin-mounted shared directories) that
+//! volumes are carved from, and the controller's long-lived mounts of them.
+//!
+//! Safety assumptions: an NFS export is mounted once, under the work
+//! directory, and kept; each use checks it still answers (statvfs under a
+//! timeout, one probe at a time per export) and remounts it when its handle
+//! went stale. A server that does not answer makes calls on that export fail
+//! with UNAVAILABLE; it never blocks calls on other exports. A `mountedShare`
+//! root is trusted (it comes from the admin's StorageClass or flags) but must
+//! be an existing directory. The list of exports ever used is persisted in
+//! the work directory so ListVolumes covers them after a restart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::mount::{self, Mounter};
+use crate::offload::{self, Probes};
+use crate::safefs::{self, FsStats};
+use crate::volume::{self, RelPath, absolute_path};
+
+/// Where volumes are carved from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ExportSpec {
+    /// `server:/share`, mounted with `options`.
+    Nfs {
+        server: String,
+        share: String,
+        options: Vec<String>,
+    },
+    /// A shared filesystem already mounted at `root` on every host.
+    Mounted { root: PathBuf },
+}
+
+impl ExportSpec {
+    pub fn nfs(server: &str, share: &str, options: &[String]) -> Result<Self, volume::Error> {
+        let bad = |name: &str, reason: String| volume::Error::InvalidParameter {
+            name: name.to_string(),
+            reason,
+        };
+        let host_ok = !server.is_empty()
+            && server.len() <= 253
+            && !server.starts_with('-')
+            && server
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+        if !host_ok {
+            return Err(bad(
+                "server",
+                format!("{server:?} is not a host name or IP address"),
+            ));
+        }
+        let share = absolute_path("share", share)?;
+        for o in options {
+            let ok = !o.is_empty()
+                && !o.starts_with('-')
+                && o.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"=._-:/+@".contains(&b));
+            if !ok {
+                return Err(bad(
+                    "mountOptions",
+                    format!("{o:?} is not a valid NFS mount option"),
+                ));
+            }
+        }
+        Ok(ExportSpec::Nfs {
+            server: server.to_string(),
+            share: share.to_string_lossy().into_owned(),
+            options: options.to_vec(),
+        })
+    }
+
+    pub fn mounted(root: &str) -> Result<Self, volume::Error> {
+        let root = absolute_path("mountedShare", root)?;
+        if root == Path::new("/") {
+            return Err(volume::Error::InvalidParameter {
+                name: "mountedShare".into(),
+                reason: "the host's / cannot be a share".into(),
+            });
+        }
+        Ok(ExportSpec::Mounted { root })
+    }
+
+    /// Parses a `--export` flag: `server:/share` or an absolute path.
+    pub fn parse_flag(s: &str) -> Result<Self, volume::Error> {
+        if s.starts_with('/') {
+            return Self::mounted(s);
+        }
+        match s.rsplit_once(":/") {
+            Some((server, rest)) => {
+                let server = server.trim_start_matches('[').trim_end_matches(']');
+                Self::nfs(server, &format!("/{rest}"), &[])
+            }
+            None => Err(volume::Error::InvalidParameter {
+                name: "export".into(),
+                reason: format!("{s:?} is neither server:/share nor an absolute path"),
+            }),
+        }
+    }
+
+    /// A readable, unique name for messages, logs and paging tokens.
+    pub fn key(&self) -> String {
+        match self {
+            ExportSpec::Nfs {
+                server,
+                share,
+                options,
+            } if options.is_empty() => format!("nfs://{server}{share}"),
+            ExportSpec::Nfs {
+                server,
+                share,
+                options,
+            } => format!("nfs://{server}{share}?{}", options.join(",")),
+            ExportSpec::Mounted { root } => format!("mounted:{}", root.display()),
+        }
+    }
+
+    /// `server:/share[/subdir]` for mount.nfs (IPv6 addresses bracketed).
+    pub fn nfs_source(&self, subdir: Option<&RelPath>) -> Option<String> {
+        let ExportSpec::Nfs { server, share, .. } = self else {
+            return None;
+        };
+        let host = if server.contains(':') && !server.starts_with('[') {
+            format!("[{server}]")
+        } else {
+            server.clone()
+        };
+        let mut path = share.trim_end_matches('/').to_string();
+        if let Some(sub) = subdir {
+            path.push('/');
+            path.push_str(sub.as_str());
+        }
+        if path.is_empty() {
+            path.push('/');
+        }
+        Some(format!("{host}:{path}"))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("export {export} is not responding: {source}")]
+    NotResponding {
+        export: String,
+        #[source]
+        source: offload::Error,
+    },
+    #[error("export {export}: {path} is not an existing directory ({cause})")]
+    Missing {
+        export: String,
+        path: PathBuf,
+        cause: Errno,
+    },
+    #[error("cannot mount export {export}: {source}")]
+    Mount {
+        export: String,
+        #[source]
+        source: mount::Error,
+    },
+    #[error("state file {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// One filesystem call (statvfs, mkdir...).
+    pub fs: Duration,
+    /// One `mount -t nfs`.
+    pub mount: Duration,
+}
+
+/// The controller's exports: kept mounts and the list of known exports.
+pub struct Exports {
+    work_dir: PathBuf,
+    mounter: Arc<dyn Mounter>,
+    timeouts: Timeouts,
+    probes: Probes,
+    mount_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    configured: Vec<ExportSpec>,
+    known: Mutex<BTreeMap<String, ExportSpec>>,
+}
+
+const STATE_FILE: &str = "exports.json";
+
+impl Exports {
+    /// Loads the known exports from `work_dir` and adds the configured ones.
+    pub fn open(
+        work_dir: &Path,
+        configured: Vec<ExportSpec>,
+        mounter: Arc<dyn Mounter>,
+        timeouts: Timeouts,
+    ) -> Result<Exports, Error> {
+        let path = work_dir.join(STATE_FILE);
+        let state_err = |source| Error::State {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(work_dir).map_err(state_err)?;
+        let mut known = BTreeMap::new();
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let list: Vec<ExportSpec> = serde_json::from_slice(&bytes)
+                    .map_err(|e| state_err(std::io::Error::other(e)))?;
+                for spec in list {
+                    known.insert(spec.key(), spec);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(state_err(e)),
+        }
+        for spec in &configured {
+            known.insert(spec.key(), spec.clone());
+        }
+        Ok(Exports {
+            work_dir: work_dir.to_path_buf(),
+            mounter,
+            timeouts,
+            probes: Probes::default(),
+            mount_locks: Mutex::new(HashMap::new()),
+            configured,
+            known: Mutex::new(known),
+        })
+    }
+
+    /// The export used when a request names none: the only configured one.
+    pub fn default_export(&self) -> Option<&ExportSpec> {
+        match self.configured.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// Every export known, sorted by key.
+    pub fn known(&self) -> Vec<ExportSpec> {
+        self.known
+            .lock()
+            .map(|k| k.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Adds `spec` to the known exports, persisting the list.
+    pub async fn remember(&self, spec: &ExportSpec) -> Result<(), Error> {
+        let list = {
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            if known.contains_key(&spec.key()) {
+                return Ok(());
+            }
+            known.insert(spec.key(), spec.clone());
+            known.values().cloned().collect::<Vec<_>>()
+        };
+        let dir = self.work_dir.clone();
+        let bytes = serde_json::to_vec_pretty(&list).map_err(|e| Error::State {
+            path: dir.join(STATE_FILE),
+            source: std::io::Error::other(e),
+        })?;
+        let path = dir.join(STATE_FILE);
+        let res = offload::run("save exports", self.timeouts.fs, move || {
+            safefs::DirFd::open_root(&dir)
+                .and_then(|d| d.write_atomic(STATE_FILE, &bytes))
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .await;
+        match res {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(Error::State { path, source }),
+            Err(e) => Err(Error::State {
+                path,
+                source: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+
+    /// Where the controller mounts an NFS export.
+    pub fn mount_point(&self, spec: &ExportSpec) -> PathBuf {
+        let digest = hex::encode(Sha256::digest(spec.key().as_bytes()));
+        self.work_dir.join("exports").join(&digest[..16])
+    }
+
+    /// The export's root directory on this host, mounted and answering,
+    /// with its space figures.
+    pub async fn ready(&self, spec: &ExportSpec) -> Result<(PathBuf, FsStats), Error> {
+        match spec {
+            ExportSpec::Mounted { root } => {
+                let stats = self
+                    .probe(spec, root)
+                    .await?
+                    .map_err(|cause| Error::Missing {
+                        export: spec.key(),
+                        path: root.clone(),
+                        cause,
+                    })?;
+                Ok((root.clone(), stats))
+            }
+            ExportSpec::Nfs { .. } => self.ready_nfs(spec).await,
+        }
+    }
+
+    async fn ready_nfs(&self, spec: &ExportSpec) -> Result<(PathBuf, FsStats), Error> {
+        let key = spec.key();
+        let lock = {
+            let mut locks = self.mount_locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(key.clone()).or_default().clone()
+        };
+        let _guard = lock.lock().await;
+        let mp = self.mount_point(spec);
+        let source = spec.nfs_source(None).unwrap_or_default();
+        let table = self
+            .blocking_mounter(&key, "read mount table", |m| m.mounts())
+            .await?;
+        if let Some(entry) = mount::find(&table, &mp) {
+            if entry.is_nfs() && entry.source == source {
+                // A hung server fails here (NotResponding); it is not remounted.
+                match self.probe(spec, &mp).await? {
+                    Ok(stats) => return Ok((mp, stats)),
+                    Err(e) => {
+                        tracing::warn!(export = %key, error = %e, "export mount went stale; remounting");
+                    }
+                }
+            } else {
+                tracing::warn!(export = %key, found = %entry.source, "foreign mount at the export's mount point; replacing");
+            }
+            let target = mp.clone();
+            self.blocking_mounter(&key, "detach stale export", move |m| m.detach(&target))
+                .await?;
+        }
+        let target = mp.clone();
+        let options = match spec {
+            ExportSpec::Nfs { options, .. } => options.clone(),
+            ExportSpec::Mounted { .. } => Vec::new(),
+        };
+        let src = source.clone();
+        self.blocking_mounter(&key, "mount export", move |m| {
+            std::fs::create_dir_all(&target).map_err(|e| mount::Error::Syscall {
+                source_path: src.clone(),
+                target: target.clone(),
+                cause: e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO),
+            })?;
+            m.mount_nfs(&src, &target, &options)
+        })
+        .await?;
+        tracing::info!(export = %key, mount_point = %mp.display(), "mounted export");
+        let stats = self
+            .probe(spec, &mp)
+            .await?
+            .map_err(|cause| Error::Missing {
+                export: key.clone(),
+                path: mp.clone(),
+                cause,
+            })?;
+        Ok((mp, stats))
+    }
+
+    /// statvfs of `path` under the fs timeout, one at a time per export.
+    async fn probe(&self, spec: &ExportSpec, path: &Path) -> Result<Result<FsStats, Errno>, Error> {
+        let p = path.to_path_buf();
+        self.probes
+            .run(
+                &format!("statvfs {}", path.display()),
+                self.timeouts.fs,
+                move || {
+                    let stats = safefs::fs_stats(&p)?;
+                    // statvfs of a removed mountedShare root may still succeed on
+                    // the parent filesystem's dentry: check it is a directory.
+                    if !std::fs::metadata(&p).map(|m| m.is_dir()).unwrap_or(false) {
+                        return Err(Errno::ENOTDIR);
+                    }
+                    Ok(stats)
+                },
+            )
+            .await
+            .map_err(|source| Error::NotResponding {
+                export: spec.key(),
+                source,
+            })
+    }
+
+    async fn blocking_mounter<T: Send + 'static>(
+        &self,
+        key: &str,
+        what: &'static str,
+        f: impl FnOnce(&dyn Mounter) -> Result<T, mount::Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let m = self.mounter.clone();
+        let timeout = self.timeouts.mount + self.timeouts.fs;
+        match offload::run(what, timeout, move || f(m.as_ref())).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(source)) => Err(Error::Mount {
+                export: key.to_string(),
+                source,
+            }),
+            Err(source) => Err(Error::NotResponding {
+                export: key.to_string(),
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mount::FakeMounter;
+
+    fn timeouts() -> Timeouts {
+        Timeouts {
+            fs: Duration::from_secs(5),
+            mount: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn flags_and_keys() {
+        let n = ExportSpec::parse_flag("nfs.example.com:/exports/k8s").unwrap();
+        assert_eq!(n.key(), "nfs://nfs.example.com/exports/k8s");
+        assert_eq!(
+            n.nfs_source(Some(&RelPath::parse("a/b").unwrap())).unwrap(),
+            "nfs.example.com:/exports/k8s/a/b"
+        );
+        let v6 = ExportSpec::parse_flag("[fd00::1]:/").unwrap();
+        assert_eq!(v6.nfs_source(None).unwrap(), "[fd00::1]:/");
+        let m = ExportSpec::parse_flag("/srv/share").unwrap();
+        assert_eq!(m.key(), "mounted:/srv/share");
+        for bad in ["relative", "-oexec:/x", "host:/a/../b", "/", "h:/x\n"] {
+            assert!(ExportSpec::parse_flag(bad).is_err(), "{bad:?}");
+        }
+        assert!(ExportSpec::nfs("h", "/e", &["vers=4.1".into(), "-o".into()]).is_err());
+    }
+
+    #[tokio::test]
+    async fn nfs_export_is_mounted_once_and_kept() {
+        // The fake mounter does not really mount, so the mount point is a
+        // plain directory: enough to check the driver mounts it only once.
+        let work = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeMounter::default());
+        let exports = Exports::open(work.path(), vec![], fake.clone(), timeouts()).unwrap();
+        let spec = ExportSpec::nfs("10.0.0.9", "/exports", &["vers=4.1".into()]).unwrap();
+        let (root1, _) = exports.ready(&spec).await.unwrap();
+        let (root2, _) = exports.ready(&spec).await.unwrap();
+        assert_eq!(root1, root2);
+        assert!(root1.starts_with(work.path()));
+        let mounts: Vec<_> = fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("mount_nfs"))
+            .collect();
+        assert_eq!(
+            mounts,
+            vec![format!(
+                "mount_nfs 10.0.0.9:/exports {} vers=4.1",
+                root1.display()
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn foreign_mount_at_mount_point_is_replaced() {
+        let work = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeMounter::default());
+        let exports = Exports::open(work.path(), vec![], fake.clone(), timeouts()).unwrap();
+        let spec = ExportSpec::nfs("10.0.0.9", "/exports", &[]).unwrap();
+        let mp = exports.mount_point(&spec);
+        std::fs::create_dir_all(&mp).unwrap();
+        fake.mount_nfs("10.0.0.8:/other", &mp, &[]).unwrap();
+        exports.ready(&spec).await.unwrap();
+        let calls = fake.calls();
+        assert!(
+            calls.contains(&format!("detach {}", mp.display())),
+            "{calls:?}"
+        );
+        assert_eq!(fake.mounts().unwrap().len(), 1);
+        assert_eq!(fake.mounts().unwrap()[0].source, "10.0.0.9:/exports");
+    }
+
+    #[tokio::test]
+    async fn mount_failure_is_reported_with_stderr() {
+        let work = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeMounter::default());
+        *fake.fail_nfs.lock().unwrap() = Some("access denied by server".into());
+        let exports = Exports::open(work.path(), vec![], fake.clone(), timeouts()).unwrap();
+        let spec = ExportSpec::nfs("10.0.0.9", "/exports", &[]).unwrap();
+        let err = exports.ready(&spec).await.unwrap_err();
+        assert!(err.to_string().contains("access denied by server"), "{err}");
+        assert!(err.to_string().contains("nfs://10.0.0.9/exports"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn known_exports_survive_reopen() {
+        let work = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeMounter::default());
+        let configured = ExportSpec::parse_flag("/srv/a").unwrap();
+        let exports = Exports::open(
+            work.path(),
+            vec![configured.clone()],
+            fake.clone(),
+            timeouts(),
+        )
+        .unwrap();
+        let used = ExportSpec::parse_flag("/srv/b").unwrap();
+        exports.remember(&used).await.unwrap();
+        drop(exports);
+        let again = Exports::open(work.path(), vec![], fake, timeouts()).unwrap();
+        assert_eq!(again.known(), vec![configured, used]);
+        assert!(again.default_export().is_none());
+    }
+
+    #[tokio::test]
+    async fn missing_mounted_share_is_an_error() {
+        let work = tempfile::tempdir().unwrap();
+        let exports = Exports::open(
+            work.path(),
+            vec![],
+            Arc::new(FakeMounter::default()),
+            timeouts(),
+        )
+        .unwrap();
+        let spec = ExportSpec::mounted(&work.path().join("nope").to_string_lossy()).unwrap();
+        let err = exports.ready(&spec).await.unwrap_err();
+        assert!(matches!(err, Error::Missing { .. }), "{err}");
+    }
+}

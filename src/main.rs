@@ -1,0 +1,148 @@
+//! The `nfs-csi` command: parses flags and starts the driver.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use nfs_csi::config::{Config, Mode};
+use nfs_csi::export::ExportSpec;
+
+#[derive(Parser)]
+#[command(
+    name = "nfs-csi",
+    version,
+    about = "Kubernetes CSI driver for NFS: RWX volumes, snapshots, clones"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the CSI gRPC services on a Unix socket.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// CSI endpoint: unix:///path/to/csi.sock
+    #[arg(long, env = "CSI_ENDPOINT")]
+    endpoint: String,
+    /// This node's id (the Kubernetes node name).
+    #[arg(long, env = "NODE_ID")]
+    node_id: String,
+    /// Which services to serve.
+    #[arg(long, env = "CSI_MODE", value_enum, default_value = "all")]
+    mode: Mode,
+    /// CSI driver name (DNS-style).
+    #[arg(long, env = "DRIVER_NAME", default_value = "nfs-csi.dev")]
+    driver_name: String,
+    /// Controller state and export mount points.
+    #[arg(long, env = "WORK_DIR", default_value = "/var/lib/nfs-csi")]
+    work_dir: PathBuf,
+    /// An export the controller knows: server:/share or /mounted/path.
+    /// Repeatable; a single one is the default for StorageClasses naming none.
+    #[arg(long = "export", env = "NFS_CSI_EXPORTS", value_delimiter = ',')]
+    exports: Vec<String>,
+    /// Seconds for one filesystem call on an export before giving up.
+    #[arg(long, env = "FS_TIMEOUT", default_value_t = 30)]
+    fs_timeout: u64,
+    /// Seconds for one NFS mount before the mount process is killed.
+    #[arg(long, env = "MOUNT_TIMEOUT", default_value_t = 60)]
+    mount_timeout: u64,
+    /// Seconds NodeGetVolumeStats waits for statvfs.
+    #[arg(long, env = "STATS_TIMEOUT", default_value_t = 3)]
+    stats_timeout: u64,
+    /// Node target/staging paths must be below this directory.
+    #[arg(long, env = "KUBELET_DIR")]
+    kubelet_dir: Option<PathBuf>,
+    /// Allow CSI ephemeral inline volumes (pod authors choose server/share).
+    #[arg(long, env = "ALLOW_INLINE")]
+    allow_inline: bool,
+    /// NFS server an inline volume may use (repeatable).
+    #[arg(long = "inline-server", env = "INLINE_SERVERS", value_delimiter = ',')]
+    inline_servers: Vec<String>,
+    /// Default NFS mount options for node mounts (comma-separated).
+    #[arg(long, env = "NFS_MOUNT_OPTIONS", value_delimiter = ',')]
+    nfs_mount_options: Vec<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let exports = args
+        .exports
+        .iter()
+        .filter(|e| !e.is_empty())
+        .map(|e| ExportSpec::parse_flag(e))
+        .collect::<Result<Vec<_>, _>>()
+        .context("--export")?;
+    let config = Config {
+        driver_name: args.driver_name,
+        node_id: args.node_id,
+        mode: args.mode,
+        work_dir: args.work_dir,
+        exports,
+        fs_timeout: Duration::from_secs(args.fs_timeout.max(1)),
+        mount_timeout: Duration::from_secs(args.mount_timeout.max(1)),
+        stats_timeout: Duration::from_secs(args.stats_timeout.max(1)),
+        kubelet_dir: args.kubelet_dir,
+        allow_inline: args.allow_inline,
+        inline_servers: args.inline_servers,
+        nfs_default_options: args.nfs_mount_options,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        nfs_csi::server::serve(&args.endpoint, config, shutdown_signal())
+            .await
+            .context("nfs-csi serve")
+    })
+}
+
+/// Completes on SIGTERM (what Kubernetes sends) or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+}

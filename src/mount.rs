@@ -1,0 +1,382 @@
+//! Mounts: the kernel's mount table (`/proc/self/mountinfo`) and the calls
+//! that change it, behind the [`Mounter`] trait (the real one, and a
+//! recording fake for unit tests).
+//!
+//! Safety assumptions: whether something is mounted is always decided from
+//! the mount table, never from memory and never by touching the path (a
+//! `stat` on a dead NFS mount hangs). NFS mounts go through `mount -t nfs`
+//! under a timeout; bind mounts and unmounts are syscalls. Unmount retries
+//! EBUSY a few times, then detaches lazily so the call returns. Every
+//! function here blocks; call them through `offload`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+
+use crate::command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read the mount table: {0}")]
+    ReadTable(#[source] std::io::Error),
+    #[error("mount table line {line} is malformed: {text:?}")]
+    Parse { line: usize, text: String },
+    #[error("mounting {source_path} on {target}: {cause}")]
+    Syscall {
+        source_path: String,
+        target: PathBuf,
+        #[source]
+        cause: Errno,
+    },
+    #[error("unmounting {target}: {cause}")]
+    Unmount {
+        target: PathBuf,
+        #[source]
+        cause: Errno,
+    },
+    #[error(transparent)]
+    Command(#[from] command::Error),
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// One line of `/proc/self/mountinfo`, unescaped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    pub mount_id: u32,
+    pub parent_id: u32,
+    pub dev: String,
+    pub root: PathBuf,
+    pub mount_point: PathBuf,
+    pub options: Vec<String>,
+    pub fstype: String,
+    pub source: String,
+    pub super_options: Vec<String>,
+}
+
+impl MountEntry {
+    pub fn read_only(&self) -> bool {
+        self.options.iter().any(|o| o == "ro")
+    }
+
+    pub fn is_nfs(&self) -> bool {
+        self.fstype == "nfs" || self.fstype == "nfs4"
+    }
+}
+
+/// Parses mountinfo text (see proc(5)); octal escapes such as `\040` are
+/// decoded.
+pub fn parse_mountinfo(text: &str) -> Result<Vec<MountEntry>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = || Error::Parse {
+            line: i + 1,
+            text: line.to_string(),
+        };
+        let fields: Vec<&str> = line.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-").ok_or_else(bad)?;
+        if sep < 6 || fields.len() < sep + 3 {
+            return Err(bad());
+        }
+        out.push(MountEntry {
+            mount_id: fields[0].parse().map_err(|_| bad())?,
+            parent_id: fields[1].parse().map_err(|_| bad())?,
+            dev: fields[2].to_string(),
+            root: PathBuf::from(unescape(fields[3])),
+            mount_point: PathBuf::from(unescape(fields[4])),
+            options: fields[5].split(',').map(str::to_string).collect(),
+            fstype: unescape(fields[sep + 1]),
+            source: unescape(fields[sep + 2]),
+            super_options: fields
+                .get(sep + 3)
+                .map(|s| s.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4]
+                .iter()
+                .all(|c| (b'0'..=b'3').contains(&b[i + 1]) && (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The topmost mount at `path`, if any.
+pub fn find<'a>(table: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
+    table.iter().rev().find(|m| m.mount_point == path)
+}
+
+/// Mount operations, real or recorded.
+pub trait Mounter: Send + Sync {
+    /// `mount -t nfs -o OPTIONS SOURCE TARGET`.
+    fn mount_nfs(&self, source: &str, target: &Path, options: &[String]) -> Result<()>;
+    /// Bind mount; `readonly` remounts the bind read-only.
+    fn bind(&self, source: &Path, target: &Path, readonly: bool) -> Result<()>;
+    /// Unmount, retrying EBUSY, then detaching lazily. Not mounted is fine.
+    fn unmount(&self, target: &Path) -> Result<()>;
+    /// Lazy detach at once (for mounts whose server does not answer).
+    fn detach(&self, target: &Path) -> Result<()>;
+    /// The current mount table.
+    fn mounts(&self) -> Result<Vec<MountEntry>>;
+}
+
+/// The real thing: syscalls and `mount(8)`.
+pub struct SystemMounter {
+    pub command_timeout: Duration,
+}
+
+impl Mounter for SystemMounter {
+    fn mount_nfs(&self, source: &str, target: &Path, options: &[String]) -> Result<()> {
+        let mut args = vec!["-t".to_string(), "nfs".to_string()];
+        if !options.is_empty() {
+            args.push("-o".into());
+            args.push(options.join(","));
+        }
+        args.push(source.to_string());
+        args.push(target.to_string_lossy().into_owned());
+        command::run("mount", &args, self.command_timeout)?;
+        Ok(())
+    }
+
+    fn bind(&self, source: &Path, target: &Path, readonly: bool) -> Result<()> {
+        let err = |cause| Error::Syscall {
+            source_path: source.display().to_string(),
+            target: target.to_path_buf(),
+            cause,
+        };
+        nix::mount::mount(
+            Some(source),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(err)?;
+        if readonly {
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            if let Err(e) =
+                nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+            {
+                // Never leave a writable bind behind a failed read-only request.
+                let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
+                return Err(err(e));
+            }
+        }
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> Result<()> {
+        for attempt in 0..5 {
+            match nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
+                Ok(()) => return Ok(()),
+                Err(Errno::EINVAL | Errno::ENOENT) => return Ok(()),
+                Err(Errno::EBUSY) if attempt < 4 => {
+                    std::thread::sleep(Duration::from_millis(100 << attempt));
+                }
+                Err(Errno::EBUSY) => break,
+                Err(e) => {
+                    return Err(Error::Unmount {
+                        target: target.to_path_buf(),
+                        cause: e,
+                    });
+                }
+            }
+        }
+        self.detach(target)
+    }
+
+    fn detach(&self, target: &Path) -> Result<()> {
+        match nix::mount::umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => Ok(()),
+            Err(e) => Err(Error::Unmount {
+                target: target.to_path_buf(),
+                cause: e,
+            }),
+        }
+    }
+
+    fn mounts(&self) -> Result<Vec<MountEntry>> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(Error::ReadTable)?;
+        parse_mountinfo(&text)
+    }
+}
+
+/// A fake for unit tests: records every call and keeps its own table.
+#[derive(Default)]
+pub struct FakeMounter {
+    pub calls: Mutex<Vec<String>>,
+    pub table: Mutex<Vec<MountEntry>>,
+    /// When set, `mount_nfs` fails with this message.
+    pub fail_nfs: Mutex<Option<String>>,
+}
+
+impl FakeMounter {
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    fn record(&self, call: String, entry: Option<MountEntry>) {
+        if let Ok(mut c) = self.calls.lock() {
+            c.push(call);
+        }
+        if let (Some(e), Ok(mut t)) = (entry, self.table.lock()) {
+            t.push(e);
+        }
+    }
+
+    fn remove(&self, target: &Path) {
+        if let Ok(mut t) = self.table.lock()
+            && let Some(i) = t.iter().rposition(|m| m.mount_point == target)
+        {
+            t.remove(i);
+        }
+    }
+
+    fn entry(source: &str, target: &Path, fstype: &str, ro: bool) -> MountEntry {
+        MountEntry {
+            mount_id: 0,
+            parent_id: 0,
+            dev: "0:0".into(),
+            root: PathBuf::from("/"),
+            mount_point: target.to_path_buf(),
+            options: vec![if ro { "ro" } else { "rw" }.to_string()],
+            fstype: fstype.to_string(),
+            source: source.to_string(),
+            super_options: vec![],
+        }
+    }
+}
+
+impl Mounter for FakeMounter {
+    fn mount_nfs(&self, source: &str, target: &Path, options: &[String]) -> Result<()> {
+        if let Some(msg) = self.fail_nfs.lock().ok().and_then(|f| f.clone()) {
+            self.record(
+                format!("mount_nfs {source} {} FAILED", target.display()),
+                None,
+            );
+            return Err(Error::Command(command::Error::Failed {
+                program: "mount".into(),
+                args: source.into(),
+                status: "exit status: 32".into(),
+                stderr: msg,
+            }));
+        }
+        self.record(
+            format!(
+                "mount_nfs {source} {} {}",
+                target.display(),
+                options.join(",")
+            ),
+            Some(Self::entry(source, target, "nfs4", false)),
+        );
+        Ok(())
+    }
+
+    fn bind(&self, source: &Path, target: &Path, readonly: bool) -> Result<()> {
+        let src = source.display().to_string();
+        self.record(
+            format!("bind {src} {} ro={readonly}", target.display()),
+            Some(Self::entry(&src, target, "none", readonly)),
+        );
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> Result<()> {
+        self.record(format!("unmount {}", target.display()), None);
+        self.remove(target);
+        Ok(())
+    }
+
+    fn detach(&self, target: &Path) -> Result<()> {
+        self.record(format!("detach {}", target.display()), None);
+        self.remove(target);
+        Ok(())
+    }
+
+    fn mounts(&self) -> Result<Vec<MountEntry>> {
+        Ok(self.table.lock().map(|t| t.clone()).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro
+100 22 0:50 /vol-1 /var/lib/kubelet/plugins/kubernetes.io/csi/nfs-csi.dev/ab12/globalmount rw,relatime shared:60 - nfs4 10.0.0.1:/exports/vol-1 rw,vers=4.1,rsize=1048576
+101 22 0:50 /vol-1 /var/lib/kubelet/pods/uid/volumes/kubernetes.io~csi/pv\\040with\\040space/mount ro,relatime shared:60 - nfs4 10.0.0.1:/exports/vol-1 rw,vers=4.1
+102 22 0:51 / /mnt/tab\\011and\\134slash rw master:3 propagate_from:2 unbindable - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn parses_mountinfo_with_escapes_and_optional_fields() {
+        let t = parse_mountinfo(SAMPLE).unwrap();
+        assert_eq!(t.len(), 4);
+        assert_eq!(t[1].fstype, "nfs4");
+        assert_eq!(t[1].source, "10.0.0.1:/exports/vol-1");
+        assert_eq!(t[1].root, PathBuf::from("/vol-1"));
+        assert!(t[1].is_nfs());
+        assert!(!t[1].read_only());
+        assert_eq!(
+            t[2].mount_point,
+            PathBuf::from(
+                "/var/lib/kubelet/pods/uid/volumes/kubernetes.io~csi/pv with space/mount"
+            )
+        );
+        assert!(t[2].read_only());
+        assert_eq!(t[3].mount_point, PathBuf::from("/mnt/tab\tand\\slash"));
+        assert_eq!(t[3].fstype, "tmpfs");
+        assert_eq!(t[3].super_options, vec!["rw"]);
+    }
+
+    #[test]
+    fn rejects_malformed_lines() {
+        assert!(parse_mountinfo("22 1 8:1 / / rw shared:1 ext4 /dev/sda1 rw\n").is_err());
+        assert!(parse_mountinfo("x 1 8:1 / / rw - ext4 /dev/sda1 rw\n").is_err());
+    }
+
+    #[test]
+    fn find_returns_topmost() {
+        let mut t = parse_mountinfo(SAMPLE).unwrap();
+        let mut top = t[1].clone();
+        top.mount_id = 200;
+        t.push(top);
+        let p = t[1].mount_point.clone();
+        assert_eq!(find(&t, &p).unwrap().mount_id, 200);
+        assert!(find(&t, Path::new("/nowhere")).is_none());
+    }
+
+    #[test]
+    fn reads_this_process_mount_table() {
+        let t = SystemMounter {
+            command_timeout: Duration::from_secs(1),
+        }
+        .mounts()
+        .unwrap();
+        assert!(find(&t, Path::new("/")).is_some());
+    }
+}

@@ -1,0 +1,853 @@
+//! The CSI Node service: stage a volume once per node (an NFS mount of its
+//! directory, or a bind of it from a `mountedShare`), bind-mount it into
+//! each pod, report usage and health, undo it all.
+//!
+//! Safety assumptions: what is mounted where is read from the kernel's mount
+//! table on every call, so a restarted driver carries on where it stopped,
+//! and a repeated call never stacks a second mount. Paths from requests are
+//! checked (absolute, no `..`, below the kubelet directory when one is
+//! configured). A `mountedShare` directory is opened component by component
+//! without following symlinks and bound through its descriptor, so a pod
+//! that swaps a directory for a symlink cannot get a host path mounted.
+//! Inline (ephemeral) volumes are off unless the admin enables them, may only
+//! name allowed NFS servers, and can never use `mountedShare`. Anything that
+//! may touch an NFS server runs on the blocking pool under a timeout; a
+//! mount whose server does not answer is detached lazily.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::config::Config;
+use crate::csi::v1::{
+    self as csi, NodeServiceCapability, VolumeCapability, VolumeCondition, node_server::Node,
+    node_service_capability, volume_capability,
+};
+use crate::error::{Error as DriverError, to_status};
+use crate::export::ExportSpec;
+use crate::inflight::InFlight;
+use crate::mount::{self, MountEntry, Mounter};
+use crate::offload::{self, Probes};
+use crate::safefs::{self, DirFd};
+use crate::volume::{RelPath, VolumeId, absolute_path};
+
+/// Volume context key kubelet sets on CSI ephemeral inline volumes.
+pub const EPHEMERAL_KEY: &str = "csi.storage.k8s.io/ephemeral";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0} is required")]
+    Missing(&'static str),
+    #[error(
+        "block access is not supported: nfs-csi volumes are directories; use volumeMode: Filesystem"
+    )]
+    Block,
+    #[error("{path} is outside the kubelet directory {kubelet_dir}")]
+    PathOutside { path: PathBuf, kubelet_dir: PathBuf },
+    #[error("volume is not staged: nothing is mounted at {staging}; call NodeStageVolume first")]
+    NotStaged { staging: PathBuf },
+    #[error("{path} already has another mount: {reason}")]
+    Conflict { path: PathBuf, reason: String },
+    #[error("nothing is mounted at {path}")]
+    NotMounted { path: PathBuf },
+    #[error("{path} is not a mount point and is not empty; left in place")]
+    NotEmpty { path: PathBuf },
+    #[error("{path} was bound read-only but the mount table shows it writable")]
+    NotReadOnly { path: PathBuf },
+    #[error(
+        "inline (ephemeral) volumes are disabled on this node; the admin enables them with --allow-inline"
+    )]
+    InlineDisabled,
+    #[error("inline volume names server {0:?}, which the admin has not allowed (--inline-server)")]
+    InlineServer(String),
+    #[error("inline volume attribute {key:?}: {reason}")]
+    InlineParameter { key: String, reason: String },
+}
+
+type Result<T> = std::result::Result<T, DriverError>;
+
+fn reply<T>(r: Result<T>) -> std::result::Result<Response<T>, Status> {
+    r.map(Response::new).map_err(to_status)
+}
+
+pub struct NodeService {
+    config: Arc<Config>,
+    mounter: Arc<dyn Mounter>,
+    probes: Probes,
+    inflight: InFlight,
+}
+
+/// What a stage mount should look like.
+enum Source {
+    /// `server:/share/subdir` with these options.
+    Nfs {
+        source: String,
+        options: Vec<String>,
+    },
+    /// A directory of a mounted share, bound.
+    Dir { root: PathBuf, subdir: RelPath },
+}
+
+impl NodeService {
+    pub fn new(config: Arc<Config>, mounter: Arc<dyn Mounter>) -> Self {
+        NodeService {
+            config,
+            mounter,
+            probes: Probes::default(),
+            inflight: InFlight::default(),
+        }
+    }
+
+    fn op_timeout(&self) -> Duration {
+        self.config.mount_timeout + self.config.fs_timeout
+    }
+
+    /// Validates a path from a request.
+    fn path(&self, what: &'static str, s: &str) -> Result<PathBuf> {
+        if s.is_empty() {
+            return Err(Error::Missing(what).into());
+        }
+        let p = absolute_path(what, s)?;
+        if let Some(k) = &self.config.kubelet_dir
+            && !p.starts_with(k)
+        {
+            return Err(Error::PathOutside {
+                path: p,
+                kubelet_dir: k.clone(),
+            }
+            .into());
+        }
+        Ok(p)
+    }
+
+    async fn mounts(&self) -> Result<Vec<MountEntry>> {
+        let m = self.mounter.clone();
+        Ok(
+            offload::run("read mount table", self.config.fs_timeout, move || {
+                m.mounts()
+            })
+            .await??,
+        )
+    }
+
+    /// NFS options: the capability's flags first, then the given fallbacks,
+    /// then the driver's defaults; an option named earlier wins.
+    fn nfs_options(&self, sources: &[&[String]]) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let name = |o: &str| o.split('=').next().unwrap_or(o).to_string();
+        let defaults = self.config.nfs_default_options.as_slice();
+        for list in sources.iter().copied().chain(std::iter::once(defaults)) {
+            for o in list.iter().flat_map(|f| f.split(',')).map(str::trim) {
+                if o.is_empty() || out.iter().any(|x| name(x) == name(o)) {
+                    continue;
+                }
+                out.push(o.to_string());
+            }
+        }
+        out
+    }
+
+    async fn stage(
+        &self,
+        req: csi::NodeStageVolumeRequest,
+    ) -> Result<csi::NodeStageVolumeResponse> {
+        if req.volume_id.is_empty() {
+            return Err(Error::Missing("volume_id").into());
+        }
+        let staging = self.path("staging_target_path", &req.staging_target_path)?;
+        let flags = mount_flags(req.volume_capability.as_ref())?;
+        let id = VolumeId::parse(&req.volume_id)?;
+        let source = match &id.export {
+            ExportSpec::Nfs { options, .. } => Source::Nfs {
+                source: id.export.nfs_source(Some(&id.subdir)).unwrap_or_default(),
+                options: self.nfs_options(&[&flags, options]),
+            },
+            ExportSpec::Mounted { root } => Source::Dir {
+                root: root.clone(),
+                subdir: id.subdir.clone(),
+            },
+        };
+        let _guard = self
+            .inflight
+            .acquire(&[format!("path:{}", staging.display())])?;
+        let table = self.mounts().await?;
+        if let Some(existing) = mount::find(&table, &staging) {
+            return if self.same_source(&table, existing, &source) {
+                tracing::info!(staging = %staging.display(), "already staged");
+                Ok(csi::NodeStageVolumeResponse {})
+            } else {
+                Err(Error::Conflict {
+                    path: staging,
+                    reason: format!("{} is mounted there, not this volume", existing.source),
+                }
+                .into())
+            };
+        }
+        let m = self.mounter.clone();
+        let target = staging.clone();
+        offload::run("stage mount", self.op_timeout(), move || -> Result<()> {
+            create_dir(&target)?;
+            match source {
+                Source::Nfs { source, options } => m.mount_nfs(&source, &target, &options)?,
+                Source::Dir { root, subdir } => {
+                    let dir = DirFd::open_root(&root)?.walk(&subdir)?.ok_or_else(|| {
+                        safefs::Error::Io {
+                            op: "open",
+                            path: root.join(subdir.as_str()),
+                            source: Errno::ENOENT,
+                        }
+                    })?;
+                    let via = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+                    m.bind(&via, &target, false)?;
+                }
+            }
+            Ok(())
+        })
+        .await??;
+        tracing::info!(staging = %staging.display(), "staged");
+        Ok(csi::NodeStageVolumeResponse {})
+    }
+
+    /// Whether the mount `entry` is the stage mount `source` asks for.
+    fn same_source(&self, table: &[MountEntry], entry: &MountEntry, source: &Source) -> bool {
+        match source {
+            Source::Nfs { source, .. } => entry.is_nfs() && entry.source == *source,
+            Source::Dir { root, subdir } => {
+                // The share's own mount: the longest mount point above the directory.
+                let dir = root.join(subdir.as_str());
+                let Some(share) = table
+                    .iter()
+                    .filter(|m| dir.starts_with(&m.mount_point))
+                    .max_by_key(|m| m.mount_point.as_os_str().len())
+                else {
+                    return false;
+                };
+                let rel = dir.strip_prefix(&share.mount_point).unwrap_or(&dir);
+                entry.dev == share.dev && entry.root == share.root.join(rel)
+            }
+        }
+    }
+
+    /// Unmounts everything at `path` (stacked mounts too) and removes the
+    /// directory. A mount whose NFS server does not answer is detached.
+    async fn teardown(&self, path: &Path) -> Result<()> {
+        for _ in 0..8 {
+            let table = self.mounts().await?;
+            let Some(entry) = mount::find(&table, path).cloned() else {
+                break;
+            };
+            let alive = !entry.is_nfs() || self.statvfs(path).await.is_ok();
+            let m = self.mounter.clone();
+            let target = path.to_path_buf();
+            if alive {
+                offload::run("unmount", self.op_timeout(), move || m.unmount(&target)).await??;
+            } else {
+                tracing::warn!(path = %path.display(), "server not responding: detaching lazily");
+                offload::run("detach", self.op_timeout(), move || m.detach(&target)).await??;
+            }
+        }
+        let target = path.to_path_buf();
+        offload::run("remove mount point", self.config.fs_timeout, move || {
+            match std::fs::remove_dir(&target) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) if e.raw_os_error() == Some(Errno::ENOTEMPTY as i32) => {
+                    Err(Error::NotEmpty { path: target }.into())
+                }
+                Err(e) if e.raw_os_error() == Some(Errno::ENOTDIR as i32) => {
+                    // kubelet may hand a file for a file-type target
+                    std::fs::remove_file(&target).map_err(|e| io_err("remove", &target, e))
+                }
+                Err(e) => Err(io_err("rmdir", &target, e)),
+            }
+        })
+        .await?
+    }
+
+    /// statvfs of a mount point under the stats timeout, one at a time.
+    async fn statvfs(&self, path: &Path) -> Result<std::result::Result<safefs::FsStats, Errno>> {
+        let p = path.to_path_buf();
+        Ok(self
+            .probes
+            .run(
+                &format!("statvfs {}", path.display()),
+                self.config.stats_timeout,
+                move || safefs::fs_stats(&p),
+            )
+            .await?)
+    }
+
+    async fn unstage(
+        &self,
+        req: csi::NodeUnstageVolumeRequest,
+    ) -> Result<csi::NodeUnstageVolumeResponse> {
+        if req.volume_id.is_empty() {
+            return Err(Error::Missing("volume_id").into());
+        }
+        let staging = self.path("staging_target_path", &req.staging_target_path)?;
+        let _guard = self
+            .inflight
+            .acquire(&[format!("path:{}", staging.display())])?;
+        self.teardown(&staging).await?;
+        tracing::info!(staging = %staging.display(), "unstaged");
+        Ok(csi::NodeUnstageVolumeResponse {})
+    }
+
+    async fn publish(
+        &self,
+        req: csi::NodePublishVolumeRequest,
+    ) -> Result<csi::NodePublishVolumeResponse> {
+        if req.volume_id.is_empty() {
+            return Err(Error::Missing("volume_id").into());
+        }
+        let target = self.path("target_path", &req.target_path)?;
+        let flags = mount_flags(req.volume_capability.as_ref())?;
+        if req.volume_context.get(EPHEMERAL_KEY).map(String::as_str) == Some("true") {
+            return self.publish_inline(&req, target, &flags).await;
+        }
+        let staging = self.path("staging_target_path", &req.staging_target_path)?;
+        let _guard = self
+            .inflight
+            .acquire(&[format!("path:{}", target.display())])?;
+        let table = self.mounts().await?;
+        let stage = mount::find(&table, &staging)
+            .cloned()
+            .ok_or_else(|| Error::NotStaged {
+                staging: staging.clone(),
+            })?;
+        if let Some(existing) = mount::find(&table, &target) {
+            let same = existing.dev == stage.dev && existing.root == stage.root;
+            if same && existing.read_only() == req.readonly {
+                tracing::info!(target = %target.display(), "already published");
+                return Ok(csi::NodePublishVolumeResponse {});
+            }
+            let reason = if same {
+                format!(
+                    "this volume is published there {}, the request asks {}",
+                    rw(existing.read_only()),
+                    rw(req.readonly)
+                )
+            } else {
+                format!("{} is mounted there, not this volume", existing.source)
+            };
+            return Err(Error::Conflict {
+                path: target,
+                reason,
+            }
+            .into());
+        }
+        let m = self.mounter.clone();
+        let (src, dst, ro) = (staging.clone(), target.clone(), req.readonly);
+        offload::run(
+            "publish bind mount",
+            self.op_timeout(),
+            move || -> Result<()> {
+                create_dir(&dst)?;
+                m.bind(&src, &dst, ro)?;
+                Ok(())
+            },
+        )
+        .await??;
+        self.check_read_only(&target, req.readonly).await?;
+        tracing::info!(target = %target.display(), readonly = req.readonly, "published");
+        Ok(csi::NodePublishVolumeResponse {})
+    }
+
+    /// Confirms from the mount table that a read-only request got a
+    /// read-only mount; undoes the mount otherwise.
+    async fn check_read_only(&self, target: &Path, readonly: bool) -> Result<()> {
+        if !readonly {
+            return Ok(());
+        }
+        let table = self.mounts().await?;
+        if mount::find(&table, target).is_some_and(MountEntry::read_only) {
+            return Ok(());
+        }
+        self.teardown(target).await?;
+        Err(Error::NotReadOnly {
+            path: target.to_path_buf(),
+        }
+        .into())
+    }
+
+    async fn publish_inline(
+        &self,
+        req: &csi::NodePublishVolumeRequest,
+        target: PathBuf,
+        flags: &[String],
+    ) -> Result<csi::NodePublishVolumeResponse> {
+        if !self.config.allow_inline {
+            return Err(Error::InlineDisabled.into());
+        }
+        let (source, options) = self.inline_source(&req.volume_context, flags, req.readonly)?;
+        let _guard = self
+            .inflight
+            .acquire(&[format!("path:{}", target.display())])?;
+        let table = self.mounts().await?;
+        if let Some(existing) = mount::find(&table, &target) {
+            if existing.is_nfs()
+                && existing.source == source
+                && existing.read_only() == req.readonly
+            {
+                return Ok(csi::NodePublishVolumeResponse {});
+            }
+            return Err(Error::Conflict {
+                path: target,
+                reason: format!("{} is mounted there", existing.source),
+            }
+            .into());
+        }
+        let m = self.mounter.clone();
+        let dst = target.clone();
+        offload::run("inline mount", self.op_timeout(), move || -> Result<()> {
+            create_dir(&dst)?;
+            m.mount_nfs(&source, &dst, &options)?;
+            Ok(())
+        })
+        .await??;
+        self.check_read_only(&target, req.readonly).await?;
+        tracing::info!(target = %target.display(), "inline volume published");
+        Ok(csi::NodePublishVolumeResponse {})
+    }
+
+    /// The NFS source and options of an inline volume, checked against
+    /// what the admin allows.
+    fn inline_source(
+        &self,
+        ctx: &HashMap<String, String>,
+        flags: &[String],
+        readonly: bool,
+    ) -> Result<(String, Vec<String>)> {
+        let mut keys: Vec<&String> = ctx.keys().collect();
+        keys.sort();
+        for key in keys {
+            let ok = matches!(key.as_str(), "server" | "share" | "subDir")
+                || key.starts_with("csi.storage.k8s.io/");
+            if !ok {
+                let reason = if key == "mountedShare" {
+                    "inline volumes cannot use a host path; only server, share and subDir".into()
+                } else {
+                    "unknown; inline volumes take server, share and subDir".into()
+                };
+                return Err(Error::InlineParameter {
+                    key: key.clone(),
+                    reason,
+                }
+                .into());
+            }
+        }
+        let get = |k: &'static str| {
+            ctx.get(k).ok_or(Error::InlineParameter {
+                key: k.into(),
+                reason: "missing".into(),
+            })
+        };
+        let server = get("server")?;
+        if !self.config.inline_servers.iter().any(|s| s == server) {
+            return Err(Error::InlineServer(server.clone()).into());
+        }
+        let export = ExportSpec::nfs(server, get("share")?, &[])?;
+        let subdir = ctx.get("subDir").map(|s| RelPath::parse(s)).transpose()?;
+        let source = export.nfs_source(subdir.as_ref()).unwrap_or_default();
+        let mut options = self.nfs_options(&[flags]);
+        if readonly && !options.iter().any(|o| o == "ro") {
+            options.retain(|o| o != "rw");
+            options.push("ro".into());
+        }
+        // Options come from the pod spec's capability too: same checks as a
+        // StorageClass's.
+        ExportSpec::nfs(server, get("share")?, &options)?;
+        Ok((source, options))
+    }
+
+    async fn unpublish(
+        &self,
+        req: csi::NodeUnpublishVolumeRequest,
+    ) -> Result<csi::NodeUnpublishVolumeResponse> {
+        if req.volume_id.is_empty() {
+            return Err(Error::Missing("volume_id").into());
+        }
+        let target = self.path("target_path", &req.target_path)?;
+        let _guard = self
+            .inflight
+            .acquire(&[format!("path:{}", target.display())])?;
+        self.teardown(&target).await?;
+        tracing::info!(target = %target.display(), "unpublished");
+        Ok(csi::NodeUnpublishVolumeResponse {})
+    }
+
+    async fn stats(
+        &self,
+        req: csi::NodeGetVolumeStatsRequest,
+    ) -> Result<csi::NodeGetVolumeStatsResponse> {
+        if req.volume_id.is_empty() {
+            return Err(Error::Missing("volume_id").into());
+        }
+        let path = self.path("volume_path", &req.volume_path)?;
+        let table = self.mounts().await?;
+        if mount::find(&table, &path).is_none() {
+            return Err(Error::NotMounted { path }.into());
+        }
+        let secs = self.config.stats_timeout.as_secs().max(1);
+        let (usage, condition) = match self.statvfs(&path).await {
+            Ok(Ok(s)) => (
+                vec![
+                    usage(
+                        csi::volume_usage::Unit::Bytes,
+                        s.total_bytes,
+                        s.used_bytes,
+                        s.available_bytes,
+                    ),
+                    usage(
+                        csi::volume_usage::Unit::Inodes,
+                        s.total_inodes,
+                        s.used_inodes,
+                        s.free_inodes,
+                    ),
+                ],
+                VolumeCondition {
+                    abnormal: false,
+                    message: "volume is healthy".into(),
+                },
+            ),
+            Ok(Err(Errno::ESTALE)) => (
+                vec![],
+                VolumeCondition {
+                    abnormal: true,
+                    message: "stale file handle: the volume's directory or export was removed or \
+                              replaced on the NFS server"
+                        .into(),
+                },
+            ),
+            Ok(Err(e)) => (
+                vec![],
+                VolumeCondition {
+                    abnormal: true,
+                    message: format!("statvfs failed: {e}"),
+                },
+            ),
+            Err(DriverError::Offload(_)) => (
+                vec![],
+                VolumeCondition {
+                    abnormal: true,
+                    message: format!(
+                        "NFS server not responding: statvfs did not return within {secs} s"
+                    ),
+                },
+            ),
+            Err(e) => return Err(e),
+        };
+        Ok(csi::NodeGetVolumeStatsResponse {
+            usage,
+            volume_condition: Some(condition),
+        })
+    }
+}
+
+fn rw(ro: bool) -> &'static str {
+    if ro { "read-only" } else { "read-write" }
+}
+
+fn usage(unit: csi::volume_usage::Unit, total: u64, used: u64, available: u64) -> csi::VolumeUsage {
+    let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    csi::VolumeUsage {
+        available: i(available),
+        total: i(total),
+        used: i(used),
+        unit: unit as i32,
+    }
+}
+
+fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> DriverError {
+    safefs::Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source: e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO),
+    }
+    .into()
+}
+
+fn create_dir(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).map_err(|e| io_err("mkdir", path, e))
+}
+
+/// The mount flags of a capability; block or no capability is an error.
+fn mount_flags(cap: Option<&VolumeCapability>) -> Result<Vec<String>> {
+    let cap = cap.ok_or(Error::Missing("volume_capability"))?;
+    match &cap.access_type {
+        Some(volume_capability::AccessType::Mount(m)) => Ok(m.mount_flags.clone()),
+        Some(volume_capability::AccessType::Block(_)) => Err(Error::Block.into()),
+        None => Err(Error::Missing("volume_capability.access_type").into()),
+    }
+}
+
+fn node_capability(t: node_service_capability::rpc::Type) -> NodeServiceCapability {
+    NodeServiceCapability {
+        r#type: Some(node_service_capability::Type::Rpc(
+            node_service_capability::Rpc { r#type: t as i32 },
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    async fn node_stage_volume(
+        &self,
+        request: Request<csi::NodeStageVolumeRequest>,
+    ) -> std::result::Result<Response<csi::NodeStageVolumeResponse>, Status> {
+        reply(self.stage(request.into_inner()).await)
+    }
+
+    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    async fn node_unstage_volume(
+        &self,
+        request: Request<csi::NodeUnstageVolumeRequest>,
+    ) -> std::result::Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
+        reply(self.unstage(request.into_inner()).await)
+    }
+
+    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    async fn node_publish_volume(
+        &self,
+        request: Request<csi::NodePublishVolumeRequest>,
+    ) -> std::result::Result<Response<csi::NodePublishVolumeResponse>, Status> {
+        reply(self.publish(request.into_inner()).await)
+    }
+
+    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<csi::NodeUnpublishVolumeRequest>,
+    ) -> std::result::Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
+        reply(self.unpublish(request.into_inner()).await)
+    }
+
+    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<csi::NodeGetVolumeStatsRequest>,
+    ) -> std::result::Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
+        reply(self.stats(request.into_inner()).await)
+    }
+
+    #[instrument(skip_all)]
+    async fn node_get_capabilities(
+        &self,
+        _request: Request<csi::NodeGetCapabilitiesRequest>,
+    ) -> std::result::Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
+        use node_service_capability::rpc::Type;
+        let capabilities = [
+            Type::StageUnstageVolume,
+            Type::GetVolumeStats,
+            Type::VolumeCondition,
+            Type::SingleNodeMultiWriter,
+        ]
+        .into_iter()
+        .map(node_capability)
+        .collect();
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse {
+            capabilities,
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn node_get_info(
+        &self,
+        _request: Request<csi::NodeGetInfoRequest>,
+    ) -> std::result::Result<Response<csi::NodeGetInfoResponse>, Status> {
+        Ok(Response::new(csi::NodeGetInfoResponse {
+            node_id: self.config.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mount::FakeMounter;
+
+    fn service(allow_inline: bool) -> (NodeService, Arc<FakeMounter>, tempfile::TempDir) {
+        let t = tempfile::tempdir().unwrap();
+        let mut c = crate::config::test_config(t.path().join("work"));
+        c.allow_inline = allow_inline;
+        c.inline_servers = vec!["nfs.allowed".into()];
+        c.nfs_default_options = vec!["hard".into(), "nfsvers=4.1".into()];
+        c.kubelet_dir = Some(t.path().to_path_buf());
+        let fake = Arc::new(FakeMounter::default());
+        (NodeService::new(Arc::new(c), fake.clone()), fake, t)
+    }
+
+    fn mount_cap(flags: &[&str]) -> Option<VolumeCapability> {
+        Some(VolumeCapability {
+            access_type: Some(volume_capability::AccessType::Mount(
+                volume_capability::MountVolume {
+                    mount_flags: flags.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                },
+            )),
+            access_mode: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn nfs_stage_uses_options_in_order_and_is_idempotent() {
+        let (svc, fake, t) = service(false);
+        let id = "v1#nfs#10.0.0.1#/exports#nfsvers=3#pvc-1";
+        let staging = t.path().join("plugins/x/globalmount");
+        let req = csi::NodeStageVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: mount_cap(&["nfsvers=4.2,noatime"]),
+            ..Default::default()
+        };
+        svc.stage(req.clone()).await.unwrap();
+        svc.stage(req.clone()).await.unwrap();
+        let mounts: Vec<String> = fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("mount_nfs"))
+            .collect();
+        assert_eq!(
+            mounts,
+            vec![format!(
+                "mount_nfs 10.0.0.1:/exports/pvc-1 {} nfsvers=4.2,noatime,hard",
+                staging.display()
+            )]
+        );
+        // another volume on the same staging path: conflict, no second mount
+        let mut other = req.clone();
+        other.volume_id = "v1#nfs#10.0.0.1#/exports##pvc-2".into();
+        let err = to_status(svc.stage(other).await.unwrap_err());
+        assert_eq!(err.code(), tonic::Code::AlreadyExists);
+        assert_eq!(fake.mounts().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn bad_paths_touch_nothing() {
+        let (svc, fake, t) = service(false);
+        for path in ["relative/x", "/etc/passwd", "", "/a/../b"] {
+            let req = csi::NodeStageVolumeRequest {
+                volume_id: "v1#nfs#10.0.0.1#/exports##pvc-1".into(),
+                staging_target_path: path.into(),
+                volume_capability: mount_cap(&[]),
+                ..Default::default()
+            };
+            let err = to_status(svc.stage(req).await.unwrap_err());
+            assert_eq!(
+                err.code(),
+                tonic::Code::InvalidArgument,
+                "{path}: {}",
+                err.message()
+            );
+        }
+        let req = csi::NodeStageVolumeRequest {
+            volume_id: "bogus".into(),
+            staging_target_path: t.path().join("s").display().to_string(),
+            volume_capability: mount_cap(&[]),
+            ..Default::default()
+        };
+        assert_eq!(
+            to_status(svc.stage(req).await.unwrap_err()).code(),
+            tonic::Code::NotFound
+        );
+        assert!(
+            fake.calls().iter().all(|c| !c.starts_with("mount")),
+            "{:?}",
+            fake.calls()
+        );
+        assert!(!t.path().join("s").exists());
+    }
+
+    #[tokio::test]
+    async fn inline_volumes_are_opt_in_and_restricted() {
+        let ctx = |kv: &[(&str, &str)]| -> HashMap<String, String> {
+            let mut m: HashMap<String, String> = kv
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            m.insert(EPHEMERAL_KEY.into(), "true".into());
+            m
+        };
+        let req = |t: &Path, c: HashMap<String, String>| csi::NodePublishVolumeRequest {
+            volume_id: "csi-abc".into(),
+            target_path: t
+                .join("pods/u/volumes/kubernetes.io~csi/v/mount")
+                .display()
+                .to_string(),
+            volume_capability: mount_cap(&[]),
+            volume_context: c,
+            ..Default::default()
+        };
+        let (off, fake_off, t_off) = service(false);
+        let err = to_status(
+            off.publish(req(
+                t_off.path(),
+                ctx(&[("server", "nfs.allowed"), ("share", "/e")]),
+            ))
+            .await
+            .unwrap_err(),
+        );
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(fake_off.calls().is_empty());
+
+        let (on, fake, t) = service(true);
+        let err = to_status(
+            on.publish(req(
+                t.path(),
+                ctx(&[("server", "evil.example"), ("share", "/e")]),
+            ))
+            .await
+            .unwrap_err(),
+        );
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        let err = to_status(
+            on.publish(req(
+                t.path(),
+                ctx(&[("mountedShare", "/"), ("server", "nfs.allowed")]),
+            ))
+            .await
+            .unwrap_err(),
+        );
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("host path"), "{}", err.message());
+        let err = to_status(
+            on.publish(req(
+                t.path(),
+                ctx(&[
+                    ("server", "nfs.allowed"),
+                    ("share", "/e"),
+                    ("subDir", "../.."),
+                ]),
+            ))
+            .await
+            .unwrap_err(),
+        );
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+        on.publish(req(
+            t.path(),
+            ctx(&[
+                ("server", "nfs.allowed"),
+                ("share", "/e"),
+                ("subDir", "a/b"),
+            ]),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(fake.calls().len(), 1);
+        assert!(
+            fake.calls()[0].starts_with("mount_nfs nfs.allowed:/e/a/b "),
+            "{:?}",
+            fake.calls()
+        );
+    }
+}

@@ -1,0 +1,594 @@
+//! Volumes: their ids, the StorageClass parameters that make them, the
+//! `subDir` template, and the record kept for each one on its export.
+//!
+//! Safety assumptions: every string here arrives in a request and is hostile
+//! until parsed. A [`RelPath`] is the only way to name a directory below an
+//! export: relative, no `.`/`..`/empty components, no NUL or control
+//! characters, never inside the driver's reserved directory. Ids are parsed
+//! strictly and must be in canonical form, so one volume has one id.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::export::ExportSpec;
+
+/// Directory at the top of every export that holds the driver's own data.
+pub const RESERVED_DIR: &str = ".nfs-csi";
+
+const MAX_PATH: usize = 4096;
+const MAX_COMPONENT: usize = 255;
+
+/// Parameters that external-provisioner adds with `--extra-create-metadata`.
+pub const PARAM_PVC_NAME: &str = "csi.storage.k8s.io/pvc/name";
+pub const PARAM_PVC_NAMESPACE: &str = "csi.storage.k8s.io/pvc/namespace";
+pub const PARAM_PV_NAME: &str = "csi.storage.k8s.io/pv/name";
+const K8S_PREFIX: &str = "csi.storage.k8s.io/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("volume id {id:?} is not an nfs-csi volume id: {reason}")]
+    InvalidId { id: String, reason: String },
+    #[error("parameter {name:?}: {reason}")]
+    InvalidParameter { name: String, reason: String },
+    #[error(
+        "unknown parameter {0:?}; known: server, share, mountedShare, subDir, mountPermissions, onDelete"
+    )]
+    UnknownParameter(String),
+    #[error("{what} {path:?} is not a safe relative path: {reason}")]
+    UnsafePath {
+        what: &'static str,
+        path: String,
+        reason: &'static str,
+    },
+    #[error("{0}")]
+    NoExport(&'static str),
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// A validated relative path below an export.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelPath(String);
+
+impl RelPath {
+    pub fn parse(s: &str) -> Result<RelPath> {
+        Self::parse_as("subDir", s)
+    }
+
+    fn parse_as(what: &'static str, s: &str) -> Result<RelPath> {
+        let bad = |reason| Error::UnsafePath {
+            what,
+            path: s.to_string(),
+            reason,
+        };
+        if s.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        if s.len() > MAX_PATH {
+            return Err(bad("it is longer than 4096 bytes"));
+        }
+        if s.starts_with('/') {
+            return Err(bad("it is absolute"));
+        }
+        if s.chars().any(|c| c == '\0' || c.is_control()) {
+            return Err(bad("it contains NUL or a control character"));
+        }
+        for (i, comp) in s.split('/').enumerate() {
+            match comp {
+                "" => return Err(bad("it has an empty component (// or a trailing /)")),
+                "." | ".." => return Err(bad("it has a . or .. component")),
+                c if c.len() > MAX_COMPONENT => {
+                    return Err(bad("a component is longer than 255 bytes"));
+                }
+                RESERVED_DIR if i == 0 => {
+                    return Err(bad("it is inside the driver's reserved .nfs-csi directory"));
+                }
+                _ => {}
+            }
+        }
+        Ok(RelPath(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn components(&self) -> impl Iterator<Item = &OsStr> {
+        self.0.split('/').map(OsStr::new)
+    }
+
+    /// The parent path (None at the top) and the last component.
+    pub fn split_last(&self) -> (Option<RelPath>, &str) {
+        match self.0.rsplit_once('/') {
+            Some((parent, leaf)) => (Some(RelPath(parent.to_string())), leaf),
+            None => (None, &self.0),
+        }
+    }
+
+    /// Stable file name for per-directory records.
+    pub fn digest(&self) -> String {
+        hex::encode(Sha256::digest(self.0.as_bytes()))
+    }
+}
+
+/// What DeleteVolume does with the directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDelete {
+    #[default]
+    Delete,
+    Retain,
+    Archive,
+}
+
+/// A parsed volume id: which export, which directory below it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeId {
+    pub export: ExportSpec,
+    pub subdir: RelPath,
+}
+
+const ID_VERSION: &str = "v1";
+
+impl VolumeId {
+    pub fn parse(id: &str) -> Result<VolumeId> {
+        let bad = |reason: &str| Error::InvalidId {
+            id: id.to_string(),
+            reason: reason.to_string(),
+        };
+        if id.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        let fields: Vec<&str> = id.split('#').collect();
+        let dec = |s: &str| decode(s).ok_or_else(|| bad("bad %-encoding or character"));
+        let parsed = match fields.as_slice() {
+            [ID_VERSION, "nfs", server, share, options, subdir] => {
+                let options = dec(options)?;
+                let options: Vec<String> = if options.is_empty() {
+                    Vec::new()
+                } else {
+                    options.split(',').map(str::to_string).collect()
+                };
+                let export = ExportSpec::nfs(&dec(server)?, &dec(share)?, &options)
+                    .map_err(|e| bad(&e.to_string()))?;
+                let subdir = RelPath::parse(&dec(subdir)?).map_err(|e| bad(&e.to_string()))?;
+                VolumeId { export, subdir }
+            }
+            [ID_VERSION, "mounted", root, subdir] => {
+                let export = ExportSpec::mounted(&dec(root)?).map_err(|e| bad(&e.to_string()))?;
+                let subdir = RelPath::parse(&dec(subdir)?).map_err(|e| bad(&e.to_string()))?;
+                VolumeId { export, subdir }
+            }
+            [v, ..] if *v != ID_VERSION => return Err(bad("unknown version or format")),
+            _ => return Err(bad("wrong number of fields")),
+        };
+        if parsed.to_string() != id {
+            return Err(bad("not in canonical form"));
+        }
+        Ok(parsed)
+    }
+}
+
+impl std::fmt::Display for VolumeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.export {
+            ExportSpec::Nfs {
+                server,
+                share,
+                options,
+            } => write!(
+                f,
+                "{ID_VERSION}#nfs#{}#{}#{}#{}",
+                encode(server),
+                encode(share),
+                encode(&options.join(",")),
+                encode(self.subdir.as_str())
+            ),
+            ExportSpec::Mounted { root } => write!(
+                f,
+                "{ID_VERSION}#mounted#{}#{}",
+                encode(&root.to_string_lossy()),
+                encode(self.subdir.as_str())
+            ),
+        }
+    }
+}
+
+fn plain(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~/:=,+@[]".contains(&b)
+}
+
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if plain(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            if !hex
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c))
+            {
+                return None;
+            }
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else if plain(b[i]) {
+            out.push(b[i]);
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Everything CreateVolume needs from the StorageClass parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateParams {
+    pub export: ExportSpec,
+    pub subdir: RelPath,
+    pub mount_permissions: Option<u32>,
+    pub on_delete: OnDelete,
+}
+
+/// Picks the export named by `server`+`share` or `mountedShare`, with
+/// `mount_flags` (StorageClass mountOptions) for NFS; `default` when the
+/// parameters name none.
+pub fn export_from_params(
+    params: &HashMap<String, String>,
+    mount_flags: &[String],
+    default: Option<&ExportSpec>,
+) -> Result<ExportSpec> {
+    let get = |k: &str| params.get(k).map(String::as_str);
+    match (get("server"), get("share"), get("mountedShare")) {
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => Err(Error::InvalidParameter {
+            name: "mountedShare".into(),
+            reason: "give either server+share or mountedShare, not both".into(),
+        }),
+        (Some(server), Some(share), None) => {
+            let mut options = Vec::new();
+            for flag in mount_flags {
+                options.extend(
+                    flag.split(',')
+                        .map(str::trim)
+                        .filter(|o| !o.is_empty())
+                        .map(str::to_string),
+                );
+            }
+            ExportSpec::nfs(server, share, &options)
+        }
+        (Some(_), None, None) => Err(Error::InvalidParameter {
+            name: "share".into(),
+            reason: "missing: server needs share (the exported path, e.g. /exports)".into(),
+        }),
+        (None, Some(_), None) => Err(Error::InvalidParameter {
+            name: "server".into(),
+            reason: "missing: share needs server (NFS server host name or IP)".into(),
+        }),
+        (None, None, Some(root)) => ExportSpec::mounted(root),
+        (None, None, None) => default.cloned().ok_or(Error::NoExport(
+            "no export: set server+share or mountedShare in the StorageClass parameters \
+             (the driver has no single default export configured)",
+        )),
+    }
+}
+
+/// Refuses parameters the driver does not know (a typo in a StorageClass
+/// must not be silently ignored). `csi.storage.k8s.io/` keys are Kubernetes'.
+pub fn check_known(params: &HashMap<String, String>) -> Result<()> {
+    let mut keys: Vec<&String> = params.keys().collect();
+    keys.sort();
+    for key in keys {
+        let known = matches!(
+            key.as_str(),
+            "server" | "share" | "mountedShare" | "subDir" | "mountPermissions" | "onDelete"
+        ) || key.starts_with(K8S_PREFIX);
+        if !known {
+            return Err(Error::UnknownParameter(key.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Parses and checks CreateVolume's parameters.
+pub fn create_params(
+    name: &str,
+    params: &HashMap<String, String>,
+    mount_flags: &[String],
+    default: Option<&ExportSpec>,
+) -> Result<CreateParams> {
+    check_known(params)?;
+    let export = export_from_params(params, mount_flags, default)?;
+    let subdir = match params.get("subDir") {
+        Some(t) => RelPath::parse(&render_template(t, params)?)?,
+        None => RelPath::parse_as("volume name", name)?,
+    };
+    let mount_permissions = match params.get("mountPermissions") {
+        None => None,
+        Some(s) => Some(parse_mode(s).ok_or_else(|| Error::InvalidParameter {
+            name: "mountPermissions".into(),
+            reason: format!("{s:?} is not an octal mode between 0 and 7777 (e.g. \"0777\")"),
+        })?),
+    };
+    let on_delete = match params.get("onDelete").map(String::as_str) {
+        None | Some("delete") => OnDelete::Delete,
+        Some("retain") => OnDelete::Retain,
+        Some("archive") => OnDelete::Archive,
+        Some(other) => {
+            return Err(Error::InvalidParameter {
+                name: "onDelete".into(),
+                reason: format!("{other:?} is not one of delete, retain, archive"),
+            });
+        }
+    };
+    Ok(CreateParams {
+        export,
+        subdir,
+        mount_permissions,
+        on_delete,
+    })
+}
+
+fn parse_mode(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return None;
+    }
+    u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o7777)
+}
+
+/// Fills `${pvc.metadata.name}`, `${pvc.metadata.namespace}` and
+/// `${pv.metadata.name}` in a `subDir` template.
+pub fn render_template(template: &str, params: &HashMap<String, String>) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| Error::InvalidParameter {
+            name: "subDir".into(),
+            reason: format!("unclosed ${{ in {template:?}"),
+        })?;
+        let var = &after[..end];
+        let key = match var {
+            "pvc.metadata.name" => PARAM_PVC_NAME,
+            "pvc.metadata.namespace" => PARAM_PVC_NAMESPACE,
+            "pv.metadata.name" => PARAM_PV_NAME,
+            other => {
+                return Err(Error::InvalidParameter {
+                    name: "subDir".into(),
+                    reason: format!(
+                        "unknown variable ${{{other}}}; use ${{pvc.metadata.name}}, \
+                         ${{pvc.metadata.namespace}} or ${{pv.metadata.name}}"
+                    ),
+                });
+            }
+        };
+        let value = params.get(key).ok_or_else(|| Error::InvalidParameter {
+            name: "subDir".into(),
+            reason: format!(
+                "${{{var}}} needs the {key} parameter; run external-provisioner with \
+                 --extra-create-metadata"
+            ),
+        })?;
+        out.push_str(value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// What the driver keeps about a volume, in
+/// `<export>/.nfs-csi/volumes/<digest of subdir>.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub name: String,
+    pub subdir: String,
+    pub capacity_bytes: i64,
+    pub on_delete: OnDelete,
+    #[serde(default)]
+    pub mount_permissions: Option<u32>,
+    pub parameters: BTreeMap<String, String>,
+    pub created_unix: u64,
+}
+
+/// Validates an absolute path from a request or flag: absolute, no `.`,
+/// `..` or empty components, no NUL or control characters.
+pub fn absolute_path(what: &'static str, s: &str) -> Result<PathBuf> {
+    let bad = |reason| Error::UnsafePath {
+        what,
+        path: s.to_string(),
+        reason,
+    };
+    if !s.starts_with('/') {
+        return Err(bad("it is not absolute"));
+    }
+    if s.len() > MAX_PATH {
+        return Err(bad("it is longer than 4096 bytes"));
+    }
+    if s.chars().any(|c| c == '\0' || c.is_control()) {
+        return Err(bad("it contains NUL or a control character"));
+    }
+    if s != "/" {
+        let inner = s.trim_end_matches('/');
+        for comp in inner[1..].split('/') {
+            if comp.is_empty() || comp == "." || comp == ".." {
+                return Err(bad("it has an empty, . or .. component"));
+            }
+        }
+        if inner.len() != s.len() {
+            return Err(bad("it has a trailing /"));
+        }
+    }
+    Ok(Path::new(s).to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(kv: &[(&str, &str)]) -> HashMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn relpath_rejects_escapes() {
+        for bad in [
+            "",
+            "/abs",
+            "..",
+            "a/../b",
+            "a//b",
+            "a/",
+            "./a",
+            "a\0b",
+            "a\nb",
+            ".nfs-csi",
+            ".nfs-csi/x",
+        ] {
+            assert!(RelPath::parse(bad).is_err(), "{bad:?} must be rejected");
+        }
+        for good in ["a", "ns/pvc-1", "a.b/..c/d..", "x/.nfs-csi"] {
+            assert!(RelPath::parse(good).is_ok(), "{good:?} must be accepted");
+        }
+    }
+
+    #[test]
+    fn template_fills_known_variables() {
+        let p = params(&[
+            (PARAM_PVC_NAME, "data"),
+            (PARAM_PVC_NAMESPACE, "team-a"),
+            (PARAM_PV_NAME, "pvc-123"),
+        ]);
+        let s = render_template(
+            "${pvc.metadata.namespace}/${pvc.metadata.name}-${pv.metadata.name}",
+            &p,
+        )
+        .unwrap();
+        assert_eq!(s, "team-a/data-pvc-123");
+        assert!(render_template("${pvc.metadata.labels}", &p).is_err());
+        assert!(render_template("${pvc.metadata.name", &p).is_err());
+        let err = render_template("${pv.metadata.name}", &HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("--extra-create-metadata"), "{err}");
+    }
+
+    #[test]
+    fn template_result_cannot_escape() {
+        let p = params(&[
+            ("mountedShare", "/srv"),
+            ("subDir", "${pvc.metadata.namespace}/x"),
+            (PARAM_PVC_NAMESPACE, ".."),
+        ]);
+        assert!(create_params("pvc-1", &p, &[], None).is_err());
+    }
+
+    #[test]
+    fn params_are_checked() {
+        let ok = create_params(
+            "pvc-1",
+            &params(&[
+                ("mountedShare", "/srv/share"),
+                ("mountPermissions", "0775"),
+                ("onDelete", "archive"),
+            ]),
+            &[],
+            None,
+        )
+        .unwrap();
+        assert_eq!(ok.mount_permissions, Some(0o775));
+        assert_eq!(ok.on_delete, OnDelete::Archive);
+        assert_eq!(ok.subdir.as_str(), "pvc-1");
+        let err = create_params(
+            "v",
+            &params(&[("mountedShare", "/s"), ("bogus", "1")]),
+            &[],
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("\"bogus\""), "{err}");
+        for bad in [
+            &[("mountedShare", "/s"), ("mountPermissions", "999")][..],
+            &[("mountedShare", "/s"), ("mountPermissions", "17777")],
+            &[("mountedShare", "/s"), ("onDelete", "shred")],
+            &[("mountedShare", "relative")],
+            &[("server", "h"), ("share", "/e"), ("mountedShare", "/s")],
+            &[("server", "h")],
+            &[("share", "/e")],
+        ] {
+            assert!(
+                create_params("v", &params(bad), &[], None).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(create_params("v", &HashMap::new(), &[], None).is_err());
+    }
+
+    #[test]
+    fn id_round_trips_and_is_strict() {
+        let id = VolumeId {
+            export: ExportSpec::nfs(
+                "10.0.0.1",
+                "/exports/a b",
+                &["nfsvers=4.1".into(), "hard".into()],
+            )
+            .unwrap(),
+            subdir: RelPath::parse("ns/pvc#1").unwrap(),
+        };
+        let s = id.to_string();
+        assert_eq!(
+            s,
+            "v1#nfs#10.0.0.1#/exports/a%20b#nfsvers=4.1,hard#ns/pvc%231"
+        );
+        assert_eq!(VolumeId::parse(&s).unwrap(), id);
+        let m = VolumeId {
+            export: ExportSpec::mounted("/srv/share").unwrap(),
+            subdir: RelPath::parse("pvc-1").unwrap(),
+        };
+        assert_eq!(VolumeId::parse(&m.to_string()).unwrap(), m);
+        for bad in [
+            "",
+            "v2#mounted#/srv#x",
+            "v1#mounted#/srv",
+            "v1#mounted#/srv#..",
+            "v1#mounted#/srv#a/../../etc",
+            "v1#mounted#/srv#%2E%2E",
+            "v1#mounted#relative#x",
+            "v1#mounted#/srv/../etc#x",
+            "v1#mounted#/srv#a%2f",
+            "v1#mounted#/srv#x#extra",
+            "v1#nfs#h#/e##.nfs-csi",
+            "v1#mounted#/srv#%6x",
+            "v1#mounted#/srv#%61",
+            "v1#nfs#h;rm#/e##x",
+        ] {
+            assert!(VolumeId::parse(bad).is_err(), "{bad:?} must be rejected");
+        }
+    }
+
+    #[test]
+    fn absolute_path_is_strict() {
+        assert!(absolute_path("p", "/var/lib/kubelet").is_ok());
+        assert!(absolute_path("p", "/").is_ok());
+        for bad in ["", "rel", "/a/../b", "/a//b", "/a/", "/a/./b", "/a\0"] {
+            assert!(absolute_path("p", bad).is_err(), "{bad:?}");
+        }
+    }
+}
