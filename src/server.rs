@@ -47,6 +47,9 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// How long a stop waits for calls in progress.
+const DRAIN: Duration = Duration::from_secs(5);
+
 /// The socket path of a `unix://` endpoint (`unix:///p`, `unix:/p` or `/p`).
 pub fn socket_path(endpoint: &str) -> Result<PathBuf, Error> {
     let p = endpoint
@@ -135,9 +138,27 @@ pub async fn serve(
         version = env!("CARGO_PKG_VERSION"),
         "serving"
     );
-    let result = router
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await;
+    // Graceful stop, bounded: kubelet and the sidecars keep connections
+    // open, and a stop must not wait on them forever.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let serve = router.serve_with_incoming_shutdown(
+        UnixListenerStream::new(listener),
+        stop.clone().notified_owned(),
+    );
+    tokio::pin!(serve);
+    let result = tokio::select! {
+        r = &mut serve => r,
+        () = shutdown => {
+            stop.notify_one();
+            match tokio::time::timeout(DRAIN, &mut serve).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("connections still open after {} s; stopping anyway", DRAIN.as_secs());
+                    Ok(())
+                }
+            }
+        }
+    };
     let _ = std::fs::remove_file(&path);
     tracing::info!("stopped");
     Ok(result?)

@@ -1,0 +1,735 @@
+//! The real binary's Identity and Controller services over its socket, on
+//! `mountedShare` exports in temporary directories.
+
+mod common;
+
+use std::collections::HashSet;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
+
+use common::*;
+use nfs_csi::csi::v1 as csi;
+use tonic::Code;
+
+fn share(t: &Path, name: &str) -> String {
+    let p = t.join(name);
+    std::fs::create_dir_all(&p).unwrap();
+    p.display().to_string()
+}
+
+fn ms(root: &str) -> Vec<(&'static str, String)> {
+    vec![("mountedShare", root.to_string())]
+}
+
+fn p(kv: Vec<(&str, String)>) -> std::collections::HashMap<String, String> {
+    kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+#[tokio::test]
+async fn identity_reports_name_version_capabilities_and_readiness() {
+    let t = tempfile::tempdir().unwrap();
+    let d = Driver::start(
+        t.path(),
+        &["--mode", "controller", "--driver-name", "nfs.example.org"],
+    )
+    .await;
+    let mut id = d.identity().await;
+    let info = id
+        .get_plugin_info(csi::GetPluginInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.name, "nfs.example.org");
+    assert_eq!(info.vendor_version, env!("CARGO_PKG_VERSION"));
+    let caps = id
+        .get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .capabilities;
+    use csi::plugin_capability::{Type, service, volume_expansion};
+    let types: Vec<_> = caps.into_iter().filter_map(|c| c.r#type).collect();
+    assert!(
+        types.contains(&Type::Service(csi::plugin_capability::Service {
+            r#type: service::Type::ControllerService as i32
+        }))
+    );
+    assert!(types.contains(&Type::VolumeExpansion(
+        csi::plugin_capability::VolumeExpansion {
+            r#type: volume_expansion::Type::Online as i32
+        }
+    )));
+    let ready = id.probe(csi::ProbeRequest {}).await.unwrap().into_inner();
+    assert_eq!(ready.ready, Some(true));
+    // ControllerPublish is not offered.
+    let err = d
+        .controller()
+        .await
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn node_only_driver_has_no_controller() {
+    let t = tempfile::tempdir().unwrap();
+    let d = Driver::start(t.path(), &["--mode", "node"]).await;
+    let caps = d
+        .identity()
+        .await
+        .get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .capabilities;
+    assert!(caps.is_empty(), "{caps:?}");
+    let err = d
+        .controller()
+        .await
+        .create_volume(create_req("v", 1, params(&[])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn create_is_idempotent_and_delete_removes_only_the_volume() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut c = d.controller().await;
+    let mut req = create_req("pvc-1", 1 << 30, p(ms(&root)));
+    req.parameters
+        .insert("mountPermissions".into(), "0775".into());
+    let v1 = c
+        .create_volume(req.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(v1.capacity_bytes, 1 << 30);
+    let dir = Path::new(&root).join("pvc-1");
+    assert!(dir.is_dir());
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777,
+        0o775
+    );
+    std::fs::write(dir.join("data"), b"keep me").unwrap();
+    // same request again: the same volume, data untouched
+    let v2 = c
+        .create_volume(req.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(v1, v2);
+    assert_eq!(std::fs::read(dir.join("data")).unwrap(), b"keep me");
+    // same name, incompatible capacity or parameters
+    let mut bigger = req.clone();
+    bigger.capacity_range = Some(csi::CapacityRange {
+        required_bytes: 2 << 30,
+        limit_bytes: 0,
+    });
+    assert_eq!(
+        c.create_volume(bigger).await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
+    let mut other = req.clone();
+    other.parameters.insert("onDelete".into(), "retain".into());
+    assert_eq!(
+        c.create_volume(other).await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
+    // a second volume beside it
+    let v3 = c
+        .create_volume(create_req("pvc-2", 1 << 20, p(ms(&root))))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: v1.volume_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(!dir.exists());
+    assert!(Path::new(&root).join("pvc-2").is_dir());
+    // deleting again, or an id that is not ours, succeeds
+    for id in [v1.volume_id.as_str(), "garbage", "v2#mounted#/x#y"] {
+        c.delete_volume(csi::DeleteVolumeRequest {
+            volume_id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        c.delete_volume(csi::DeleteVolumeRequest::default())
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+    // an export that is not there: an error to retry, not a silent success
+    // that would orphan the directory
+    let err = c
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: "v1#mounted#/nowhere#x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("/nowhere"), "{}", err.message());
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: v3.volume_id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn bad_requests_get_invalid_argument_and_touch_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    let outside = share(t.path(), "outside");
+    std::fs::write(Path::new(&outside).join("f"), b"x").unwrap();
+    let before = snapshot_tree(t.path().join("outside").as_path());
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut c = d.controller().await;
+    let mut cases: Vec<(csi::CreateVolumeRequest, &str)> = Vec::new();
+    let base = || create_req("pvc-x", 1, p(ms(&root)));
+    let mut r = base();
+    r.name.clear();
+    cases.push((r, "name"));
+    let mut r = base();
+    r.volume_capabilities.clear();
+    cases.push((r, "volume_capabilities"));
+    let mut r = base();
+    r.volume_capabilities = vec![csi::VolumeCapability {
+        access_type: Some(csi::volume_capability::AccessType::Block(
+            csi::volume_capability::BlockVolume {},
+        )),
+        access_mode: rwx().access_mode,
+    }];
+    cases.push((r, "block"));
+    let mut r = base();
+    r.parameters.insert("shrae".into(), "/typo".into());
+    cases.push((r, "\"shrae\""));
+    for tpl in [
+        "../outside",
+        "/abs",
+        "a//b",
+        "${pvc.metadata.namespace}/x",
+        "x/..",
+        "${pvc.metadata.name}",
+    ] {
+        let mut r = base();
+        r.parameters.insert("subDir".into(), tpl.into());
+        r.parameters
+            .insert("csi.storage.k8s.io/pvc/namespace".into(), "..".into());
+        r.parameters
+            .insert("csi.storage.k8s.io/pvc/name".into(), "../../outside".into());
+        cases.push((r, "subDir"));
+    }
+    let mut r = base();
+    r.parameters.insert("onDelete".into(), "shred".into());
+    cases.push((r, "onDelete"));
+    let mut r = base();
+    r.capacity_range = Some(csi::CapacityRange {
+        required_bytes: 10,
+        limit_bytes: 5,
+    });
+    cases.push((r, "limit_bytes"));
+    let mut r = base();
+    r.parameters = p(vec![("server", "nfs.example".into())]);
+    cases.push((r, "share"));
+    for (req, needle) in cases {
+        let err = c.create_volume(req).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{needle}: {}",
+            err.message()
+        );
+        assert!(
+            err.message().contains(needle),
+            "{needle}: {}",
+            err.message()
+        );
+    }
+    assert!(
+        snapshot_tree(Path::new(&root)).is_empty(),
+        "{:?}",
+        snapshot_tree(Path::new(&root))
+    );
+    assert_eq!(snapshot_tree(Path::new(&outside)), before);
+}
+
+#[tokio::test]
+async fn subdir_templates_and_nested_delete_keeps_parents() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut c = d.controller().await;
+    let mut kv = ms(&root);
+    kv.push((
+        "subDir",
+        "${pvc.metadata.namespace}/${pvc.metadata.name}-${pv.metadata.name}".into(),
+    ));
+    kv.push(("csi.storage.k8s.io/pvc/name", "data".into()));
+    kv.push(("csi.storage.k8s.io/pvc/namespace", "team-a".into()));
+    kv.push(("csi.storage.k8s.io/pv/name", "pvc-77".into()));
+    let v = c
+        .create_volume(create_req("pvc-77", 1, p(kv)))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(
+        v.volume_context.get("subDir").unwrap(),
+        "team-a/data-pvc-77"
+    );
+    let dir = Path::new(&root).join("team-a/data-pvc-77");
+    assert!(dir.is_dir());
+    std::fs::write(Path::new(&root).join("team-a/other-file"), b"x").unwrap();
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: v.volume_id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(!dir.exists());
+    assert!(Path::new(&root).join("team-a/other-file").exists());
+}
+
+#[tokio::test]
+async fn delete_never_follows_symlinks_and_forged_ids_delete_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    let victim = share(t.path(), "victim");
+    std::fs::write(Path::new(&victim).join("precious"), b"1").unwrap();
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut c = d.controller().await;
+    let a = c
+        .create_volume(create_req("va", 1, p(ms(&root))))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let b = c
+        .create_volume(create_req("vb", 1, p(ms(&root))))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let adir = Path::new(&root).join("va");
+    std::fs::write(Path::new(&root).join("vb/data"), b"b's data").unwrap();
+    symlink("/", adir.join("root")).unwrap();
+    symlink(&victim, adir.join("victim")).unwrap();
+    symlink(Path::new(&root).join("vb"), adir.join("sibling")).unwrap();
+    std::fs::create_dir_all(adir.join("deep/er")).unwrap();
+    symlink(
+        Path::new(&victim).join("precious"),
+        adir.join("deep/er/file-link"),
+    )
+    .unwrap();
+    let before_victim = snapshot_tree(Path::new(&victim));
+    // forged ids aimed at other places: success, nothing removed
+    for forged in [
+        format!("v1#mounted#{}#precious", victim),
+        format!("v1#mounted#{}#va", t.path().display()),
+        "v1#mounted#/#etc".to_string(),
+        format!("v1#mounted#{root}#va/../../victim"),
+        format!("v1#mounted#{root}#va%2F..%2F..%2Fvictim"),
+    ] {
+        c.delete_volume(csi::DeleteVolumeRequest {
+            volume_id: forged.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{forged}: {e}"));
+    }
+    assert!(adir.is_dir());
+    assert!(Path::new("/etc/hostname").exists() || Path::new("/etc/passwd").exists());
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: a.volume_id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(!adir.exists());
+    assert_eq!(snapshot_tree(Path::new(&victim)), before_victim);
+    assert_eq!(
+        std::fs::read(Path::new(&root).join("vb/data")).unwrap(),
+        b"b's data"
+    );
+    let _ = b;
+}
+
+#[tokio::test]
+async fn retain_and_archive_keep_the_data() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut c = d.controller().await;
+    for (name, policy) in [
+        ("keep", "retain"),
+        ("arch", "archive"),
+        ("arch2", "archive"),
+    ] {
+        let mut kv = ms(&root);
+        kv.push(("onDelete", policy.into()));
+        kv.push(("subDir", "same-for-archives".into()));
+        if policy == "retain" {
+            kv.pop();
+        }
+        let v = c
+            .create_volume(create_req(name, 1, p(kv)))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        let dir = Path::new(&root).join(v.volume_context.get("subDir").unwrap());
+        std::fs::write(dir.join("data"), name.as_bytes()).unwrap();
+        c.delete_volume(csi::DeleteVolumeRequest {
+            volume_id: v.volume_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        std::fs::read(Path::new(&root).join("keep/data")).unwrap(),
+        b"keep"
+    );
+    // two archives of the same directory: both kept, none overwritten
+    let mut archived: Vec<Vec<u8>> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("archived-same-for-archives")
+        })
+        .map(|e| std::fs::read(e.path().join("data")).unwrap())
+        .collect();
+    archived.sort();
+    assert_eq!(archived, vec![b"arch".to_vec(), b"arch2".to_vec()]);
+    assert!(!Path::new(&root).join("same-for-archives").exists());
+}
+
+#[tokio::test]
+async fn list_volumes_pages_across_exports_and_rejects_bad_tokens() {
+    let t = tempfile::tempdir().unwrap();
+    let a = share(t.path(), "a");
+    let b = share(t.path(), "b");
+    // a is configured; b becomes known when a volume is provisioned on it
+    let d = Driver::start(t.path(), &["--mode", "controller", "--export", &a]).await;
+    let mut c = d.controller().await;
+    let mut want = HashSet::new();
+    for i in 0..5 {
+        // no export in the parameters: the single configured one
+        let v = c
+            .create_volume(create_req(&format!("a-{i}"), 1, params(&[])))
+            .await
+            .unwrap();
+        want.insert(v.into_inner().volume.unwrap().volume_id);
+    }
+    for i in 0..3 {
+        let v = c
+            .create_volume(create_req(&format!("b-{i}"), 1, p(ms(&b))))
+            .await
+            .unwrap();
+        want.insert(v.into_inner().volume.unwrap().volume_id);
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let r = c
+            .list_volumes(csi::ListVolumesRequest {
+                max_entries: 3,
+                starting_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.entries.len() <= 3);
+        pages += 1;
+        for e in r.entries {
+            let cond = e.status.unwrap().volume_condition.unwrap();
+            assert!(!cond.abnormal, "{cond:?}");
+            seen.push(e.volume.unwrap().volume_id);
+        }
+        if r.next_token.is_empty() {
+            break;
+        }
+        token = r.next_token;
+        assert!(pages < 10, "paging does not end");
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 8, "{seen:?}");
+    assert_eq!(seen.iter().cloned().collect::<HashSet<_>>(), want);
+    // all at once
+    let all = c
+        .list_volumes(csi::ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.entries.len(), 8);
+    assert!(all.next_token.is_empty());
+    for bad in ["nonsense", "0000000000000000/x.json", "../x"] {
+        let err = c
+            .list_volumes(csi::ListVolumesRequest {
+                max_entries: 1,
+                starting_token: bad.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Aborted, "{bad}");
+    }
+    // knowledge of export b survives a restart
+    let mut d = d;
+    d.restart().await;
+    let mut c = d.controller().await;
+    let all = c
+        .list_volumes(csi::ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.entries.len(), 8);
+}
+
+#[tokio::test]
+async fn capacity_expand_get_and_validate() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut c = d.controller().await;
+    let cap = c
+        .get_capacity(csi::GetCapacityRequest {
+            parameters: p(ms(&root)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let st = nix::sys::statvfs::statvfs(Path::new(&root)).unwrap();
+    let avail = st.blocks_available() as i64 * st.fragment_size() as i64;
+    assert!(cap.available_capacity > 0);
+    assert!(
+        (cap.available_capacity - avail).abs() < 256 << 20,
+        "{} vs {avail}",
+        cap.available_capacity
+    );
+    assert_eq!(
+        c.get_capacity(csi::GetCapacityRequest {
+            parameters: p(vec![(
+                "mountedShare",
+                t.path().join("missing").display().to_string()
+            )]),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::FailedPrecondition
+    );
+    let v = c
+        .create_volume(create_req("pvc-e", 1 << 20, p(ms(&root))))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let r = c
+        .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 5 << 20,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.capacity_bytes, 5 << 20);
+    assert!(!r.node_expansion_required);
+    let got = c
+        .controller_get_volume(csi::ControllerGetVolumeRequest {
+            volume_id: v.volume_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.volume.unwrap().capacity_bytes, 5 << 20);
+    assert!(!got.status.unwrap().volume_condition.unwrap().abnormal);
+    // validate: mount ok, block not confirmed, unknown volume NOT_FOUND
+    let ok = c
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: v.volume_id.clone(),
+            volume_capabilities: vec![rwx()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ok.confirmed.is_some());
+    let block = c
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: v.volume_id.clone(),
+            volume_capabilities: vec![csi::VolumeCapability {
+                access_type: Some(csi::volume_capability::AccessType::Block(
+                    csi::volume_capability::BlockVolume {},
+                )),
+                access_mode: rwx().access_mode,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(block.confirmed.is_none() && block.message.contains("block"));
+    for id in [format!("v1#mounted#{root}#nope"), "junk".to_string()] {
+        let err = c
+            .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+                volume_id: id,
+                volume_capabilities: vec![rwx()],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+    }
+    // the directory vanishes: abnormal condition
+    std::fs::remove_dir(Path::new(&root).join("pvc-e")).unwrap();
+    let got = c
+        .controller_get_volume(csi::ControllerGetVolumeRequest {
+            volume_id: v.volume_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let cond = got.status.unwrap().volume_condition.unwrap();
+    assert!(
+        cond.abnormal && cond.message.contains("missing"),
+        "{cond:?}"
+    );
+    let err = c
+        .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+            volume_id: format!("v1#mounted#{root}#nope"),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 1,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn restart_between_create_and_delete_with_no_local_state() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    let mut d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let v = d
+        .controller()
+        .await
+        .create_volume(create_req("pvc-r", 1, p(ms(&root))))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    d.kill();
+    std::fs::remove_dir_all(&d.work_dir).unwrap();
+    d.restart().await;
+    let mut c = d.controller().await;
+    // idempotent create after restart, then delete
+    let again = c
+        .create_volume(create_req("pvc-r", 1, p(ms(&root))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.volume.unwrap().volume_id, v.volume_id);
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: v.volume_id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(!Path::new(&root).join("pvc-r").exists());
+}
+
+#[tokio::test]
+async fn concurrent_creates_never_race() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let mut c = d.controller().await;
+        let req = create_req("pvc-c", 1, p(ms(&root)));
+        tasks.push(tokio::spawn(async move { c.create_volume(req).await }));
+    }
+    let mut ids = HashSet::new();
+    let mut ok = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(r) => {
+                ok += 1;
+                ids.insert(r.into_inner().volume.unwrap().volume_id);
+            }
+            Err(e) => assert_eq!(e.code(), Code::Aborted, "{e}"),
+        }
+    }
+    assert!(ok >= 1);
+    assert_eq!(ids.len(), 1);
+    let records = std::fs::read_dir(Path::new(&root).join(".nfs-csi/volumes"))
+        .unwrap()
+        .count();
+    assert_eq!(records, 1);
+}
+
+#[tokio::test]
+async fn sigterm_stops_cleanly_and_stale_socket_is_replaced() {
+    let t = tempfile::tempdir().unwrap();
+    let mut d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let st = d.terminate();
+    assert!(st.success(), "{st}");
+    assert!(!d.socket.exists(), "socket removed on exit");
+    // a stale socket file left by a crash is replaced
+    let l = std::os::unix::net::UnixListener::bind(&d.socket).unwrap();
+    drop(l);
+    assert!(d.socket.exists());
+    d.restart().await;
+    // a second driver on the same live socket refuses to start
+    let out = std::process::Command::new(driver_bin())
+        .args(["serve", "--node-id", "n", "--endpoint"])
+        .arg(format!("unix://{}", d.socket.display()))
+        .arg("--work-dir")
+        .arg(t.path().join("w2"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another process is serving"));
+    d.identity()
+        .await
+        .probe(csi::ProbeRequest {})
+        .await
+        .unwrap();
+}
