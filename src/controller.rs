@@ -135,16 +135,7 @@ fn now_unix() -> u64 {
 
 /// File name for a volume name in `.nfs-csi/names/`.
 fn name_file(name: &str) -> String {
-    let plain = name.len() <= 200
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if plain {
-        name.to_string()
-    } else {
-        format!("x-{}", hex::encode(name.as_bytes()))
-    }
+    volume::safe_file_name(name)
 }
 
 fn record_file(subdir: &RelPath) -> String {

@@ -16,4 +16,6 @@ pub mod node;
 pub mod offload;
 pub mod safefs;
 pub mod server;
+pub mod snapshot;
+pub mod tree;
 pub mod volume;

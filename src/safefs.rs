@@ -91,6 +91,22 @@ impl DirFd {
         &self.path
     }
 
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// A second descriptor of the same directory.
+    pub fn try_clone(&self) -> Result<DirFd> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| io("dup", self.path.clone())(errno_of(&e)))?;
+        Ok(DirFd {
+            fd,
+            path: self.path.clone(),
+        })
+    }
+
     /// Opens the child directory `name`, never following a symlink.
     /// `Ok(None)` when it does not exist.
     pub fn child(&self, name: &OsStr) -> Result<Option<DirFd>> {
@@ -391,7 +407,7 @@ fn unlink(dir: &DirFd, name: &OsStr, is_dir: bool) -> Result<()> {
     }
 }
 
-fn errno_of(e: &std::io::Error) -> Errno {
+pub(crate) fn errno_of(e: &std::io::Error) -> Errno {
     e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO)
 }
 

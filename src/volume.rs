@@ -134,67 +134,92 @@ pub struct VolumeId {
 
 const ID_VERSION: &str = "v1";
 
+/// Formats `<tag>#nfs#<server>#<share>#<options>#<item>` or
+/// `<tag>#mounted#<root>#<item>`, each field %-encoded.
+pub(crate) fn format_id(tag: &str, export: &ExportSpec, item: &str) -> String {
+    match export {
+        ExportSpec::Nfs {
+            server,
+            share,
+            options,
+        } => format!(
+            "{tag}#nfs#{}#{}#{}#{}",
+            encode(server),
+            encode(share),
+            encode(&options.join(",")),
+            encode(item)
+        ),
+        ExportSpec::Mounted { root } => format!(
+            "{tag}#mounted#{}#{}",
+            encode(&root.to_string_lossy()),
+            encode(item)
+        ),
+    }
+}
+
+/// Parses what [`format_id`] makes, strictly (canonical form only).
+pub(crate) fn parse_id(tag: &str, id: &str) -> std::result::Result<(ExportSpec, String), String> {
+    if id.is_empty() {
+        return Err("it is empty".into());
+    }
+    let fields: Vec<&str> = id.split('#').collect();
+    let dec = |s: &str| decode(s).ok_or_else(|| "bad %-encoding or character".to_string());
+    let (export, item) = match fields.as_slice() {
+        [t, "nfs", server, share, options, item] if *t == tag => {
+            let options = dec(options)?;
+            let options: Vec<String> = if options.is_empty() {
+                Vec::new()
+            } else {
+                options.split(',').map(str::to_string).collect()
+            };
+            let export = ExportSpec::nfs(&dec(server)?, &dec(share)?, &options)
+                .map_err(|e| e.to_string())?;
+            (export, dec(item)?)
+        }
+        [t, "mounted", root, item] if *t == tag => (
+            ExportSpec::mounted(&dec(root)?).map_err(|e| e.to_string())?,
+            dec(item)?,
+        ),
+        [t, ..] if *t != tag => return Err("unknown version or format".into()),
+        _ => return Err("wrong number of fields".into()),
+    };
+    if format_id(tag, &export, &item) != id {
+        return Err("not in canonical form".into());
+    }
+    Ok((export, item))
+}
+
 impl VolumeId {
     pub fn parse(id: &str) -> Result<VolumeId> {
-        let bad = |reason: &str| Error::InvalidId {
+        let bad = |reason: String| Error::InvalidId {
             id: id.to_string(),
-            reason: reason.to_string(),
+            reason,
         };
-        if id.is_empty() {
-            return Err(bad("it is empty"));
-        }
-        let fields: Vec<&str> = id.split('#').collect();
-        let dec = |s: &str| decode(s).ok_or_else(|| bad("bad %-encoding or character"));
-        let parsed = match fields.as_slice() {
-            [ID_VERSION, "nfs", server, share, options, subdir] => {
-                let options = dec(options)?;
-                let options: Vec<String> = if options.is_empty() {
-                    Vec::new()
-                } else {
-                    options.split(',').map(str::to_string).collect()
-                };
-                let export = ExportSpec::nfs(&dec(server)?, &dec(share)?, &options)
-                    .map_err(|e| bad(&e.to_string()))?;
-                let subdir = RelPath::parse(&dec(subdir)?).map_err(|e| bad(&e.to_string()))?;
-                VolumeId { export, subdir }
-            }
-            [ID_VERSION, "mounted", root, subdir] => {
-                let export = ExportSpec::mounted(&dec(root)?).map_err(|e| bad(&e.to_string()))?;
-                let subdir = RelPath::parse(&dec(subdir)?).map_err(|e| bad(&e.to_string()))?;
-                VolumeId { export, subdir }
-            }
-            [v, ..] if *v != ID_VERSION => return Err(bad("unknown version or format")),
-            _ => return Err(bad("wrong number of fields")),
-        };
-        if parsed.to_string() != id {
-            return Err(bad("not in canonical form"));
-        }
-        Ok(parsed)
+        let (export, item) = parse_id(ID_VERSION, id).map_err(bad)?;
+        let subdir = RelPath::parse(&item).map_err(|e| bad(e.to_string()))?;
+        Ok(VolumeId { export, subdir })
     }
 }
 
 impl std::fmt::Display for VolumeId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.export {
-            ExportSpec::Nfs {
-                server,
-                share,
-                options,
-            } => write!(
-                f,
-                "{ID_VERSION}#nfs#{}#{}#{}#{}",
-                encode(server),
-                encode(share),
-                encode(&options.join(",")),
-                encode(self.subdir.as_str())
-            ),
-            ExportSpec::Mounted { root } => write!(
-                f,
-                "{ID_VERSION}#mounted#{}#{}",
-                encode(&root.to_string_lossy()),
-                encode(self.subdir.as_str())
-            ),
-        }
+        f.write_str(&format_id(ID_VERSION, &self.export, self.subdir.as_str()))
+    }
+}
+
+/// A file name safe to use for an arbitrary CSI name: the name itself when
+/// plain, else `x-` and its hex.
+pub fn safe_file_name(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if plain {
+        name.to_string()
+    } else {
+        format!("x-{}", hex::encode(name.as_bytes()))
     }
 }
 

@@ -1,0 +1,1067 @@
+//! Snapshots: a volume's directory as a streaming tar + zstd archive on an
+//! export, restored into a new volume; and clones, a volume's directory
+//! copied into a new one.
+//!
+//! Layout on the export holding the archives:
+//! `.nfs-csi/snapshots/<name>/{archive.tar.zst, manifest.json, job.json}`.
+//! `job.json` exists while the archive is being written; `manifest.json`
+//! (source, time, size, file count, SHA-256 of the archive) is written only
+//! after the archive is complete, fsynced and renamed into place, so a
+//! snapshot is ready exactly when its manifest exists. The archive is a
+//! standard `.tar.zst` (`tar --zstd -xf` restores it by hand).
+//!
+//! Safety assumptions: memory stays flat (files stream through fixed
+//! buffers; zstd's window is bounded by its level). Reading the source never
+//! follows symlinks; restoring treats the archive as hostile (see
+//! `tree::Dest`) and checks its checksum, removing what it wrote when the
+//! archive does not match its manifest.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{OFlag, openat, renameat};
+use nix::sys::stat::Mode;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::export::ExportSpec;
+use crate::safefs::{self, DirFd};
+use crate::tree::{self, Dest, Kind, Links, Meta};
+use crate::volume::{self, RESERVED_DIR};
+
+pub const ARCHIVE: &str = "archive.tar.zst";
+pub const MANIFEST: &str = "manifest.json";
+pub const JOB: &str = "job.json";
+const ID_TAG: &str = "s1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("snapshot id {id:?} is not an nfs-csi snapshot id: {reason}")]
+    InvalidId { id: String, reason: String },
+    #[error(transparent)]
+    Tree(#[from] tree::Error),
+    #[error(transparent)]
+    Fs(#[from] safefs::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "archive {path} does not match its manifest (SHA-256 {got}, manifest says {want}); the snapshot is corrupt"
+    )]
+    Checksum {
+        path: String,
+        got: String,
+        want: String,
+    },
+    #[error("{0} is unreadable: {1}")]
+    BadJson(String, serde_json::Error),
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+fn ioe(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// Where a snapshot lives: the export holding it and its directory name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotId {
+    pub export: ExportSpec,
+    pub key: String,
+}
+
+impl SnapshotId {
+    pub fn new(export: ExportSpec, name: &str) -> SnapshotId {
+        SnapshotId {
+            export,
+            key: volume::safe_file_name(name),
+        }
+    }
+
+    pub fn parse(id: &str) -> Result<SnapshotId> {
+        let bad = |reason: String| Error::InvalidId {
+            id: id.to_string(),
+            reason,
+        };
+        let (export, key) = volume::parse_id(ID_TAG, id).map_err(bad)?;
+        if volume::safe_file_name(&key) != key && !key.starts_with("x-") {
+            return Err(bad("bad snapshot directory name".into()));
+        }
+        if key.is_empty() || key.contains('/') || key.starts_with('.') {
+            return Err(bad("bad snapshot directory name".into()));
+        }
+        Ok(SnapshotId { export, key })
+    }
+}
+
+impl std::fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&volume::format_id(ID_TAG, &self.export, &self.key))
+    }
+}
+
+/// Written when the snapshot is started; fixes its name, source and time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub name: String,
+    pub source_volume_id: String,
+    pub created_unix: i64,
+    pub created_nanos: i32,
+    pub level: i32,
+}
+
+/// Written once the archive is complete.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub source_volume_id: String,
+    pub created_unix: i64,
+    pub created_nanos: i32,
+    /// Bytes of file data the archive restores (the restore size).
+    pub size_bytes: u64,
+    pub file_count: u64,
+    pub archive_bytes: u64,
+    pub sha256: String,
+    pub compression: String,
+    pub level: i32,
+}
+
+impl Job {
+    pub fn new(name: &str, source: &str, level: i32) -> Job {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Job {
+            name: name.to_string(),
+            source_volume_id: source.to_string(),
+            created_unix: now.as_secs() as i64,
+            created_nanos: now.subsec_nanos() as i32,
+            level,
+        }
+    }
+}
+
+/// A snapshot's directory on its export.
+pub struct Store {
+    pub dir: DirFd,
+}
+
+/// What is found in a snapshot's directory.
+pub enum State {
+    Absent,
+    Pending(Job),
+    Ready(Manifest),
+}
+
+impl Store {
+    /// The snapshots directory of an export root (created when `create`).
+    pub fn snapshots_dir(root: &Path, create: bool) -> Result<Option<DirFd>> {
+        let root = DirFd::open_root(root)?;
+        let meta = if create {
+            Some(root.child_or_create(OsStr::new(RESERVED_DIR), 0o700)?.0)
+        } else {
+            root.child(OsStr::new(RESERVED_DIR))?
+        };
+        let Some(meta) = meta else { return Ok(None) };
+        Ok(if create {
+            Some(meta.child_or_create(OsStr::new("snapshots"), 0o700)?.0)
+        } else {
+            meta.child(OsStr::new("snapshots"))?
+        })
+    }
+
+    pub fn open(root: &Path, key: &str, create: bool) -> Result<Option<Store>> {
+        let Some(snaps) = Self::snapshots_dir(root, create)? else {
+            return Ok(None);
+        };
+        let dir = if create {
+            Some(snaps.child_or_create(OsStr::new(key), 0o700)?.0)
+        } else {
+            snaps.child(OsStr::new(key))?
+        };
+        Ok(dir.map(|dir| Store { dir }))
+    }
+
+    fn read_json<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Option<T>> {
+        match self.dir.read_small(name)? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| Error::BadJson(self.dir.path().join(name).display().to_string(), e)),
+        }
+    }
+
+    pub fn state(&self) -> Result<State> {
+        if let Some(m) = self.read_json::<Manifest>(MANIFEST)? {
+            return Ok(State::Ready(m));
+        }
+        if let Some(j) = self.read_json::<Job>(JOB)? {
+            return Ok(State::Pending(j));
+        }
+        Ok(State::Absent)
+    }
+
+    pub fn start(&self, job: &Job) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(job).map_err(|e| Error::BadJson(JOB.into(), e))?;
+        self.dir.write_atomic(JOB, &bytes)?;
+        Ok(())
+    }
+
+    pub fn manifest(&self) -> Result<Option<Manifest>> {
+        self.read_json(MANIFEST)
+    }
+}
+
+/// A writer that hashes and counts what passes through.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A reader that hashes what passes through.
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Archive options.
+#[derive(Clone, Copy, Debug)]
+pub struct ArchiveOptions {
+    pub level: i32,
+    pub threads: u32,
+}
+
+/// Writes the tree below `src` as tar into `out`. Returns (data bytes,
+/// entries). Blocking.
+pub fn write_tar<W: Write>(src: &DirFd, out: W, cancel: &AtomicBool) -> Result<(u64, u64, W)> {
+    let mut builder = tar::Builder::new(out);
+    builder.mode(tar::HeaderMode::Complete);
+    builder.follow_symlinks(false);
+    builder.sparse(true);
+    let mut links = Links::default();
+    let mut size = 0u64;
+    let mut count = 0u64;
+    // The root directory's own metadata, as "./".
+    {
+        let st = src.stat()?;
+        let mut h = header_for(&st, tar::EntryType::Directory);
+        builder
+            .append_data(&mut h, "./", std::io::empty())
+            .map_err(ioe("write archive"))?;
+    }
+    tree::walk(src, &|| cancel.load(Ordering::Relaxed), &mut |v| {
+        let path = Path::new(OsStr::from_bytes(v.path));
+        let err = |e: std::io::Error| tree::Error::Stream {
+            path: format!("archive {}", String::from_utf8_lossy(v.path)),
+            source: e,
+        };
+        match v.kind {
+            Kind::Dir => {
+                let dir = v.parent.child(v.name)?;
+                let xattrs = dir
+                    .as_ref()
+                    .map(|d| tree::read_xattrs(d.fd()))
+                    .unwrap_or_default();
+                pax_xattrs(&mut builder, &xattrs).map_err(err)?;
+                let mut h = header_for(v.stat, tar::EntryType::Directory);
+                let mut name = v.path.to_vec();
+                name.push(b'/');
+                builder
+                    .append_data(
+                        &mut h,
+                        Path::new(OsStr::from_bytes(&name)),
+                        std::io::empty(),
+                    )
+                    .map_err(err)?;
+            }
+            Kind::File => {
+                if let Some(first) = links.seen(v.stat, v.path) {
+                    let mut h = header_for(v.stat, tar::EntryType::Link);
+                    h.set_size(0);
+                    builder
+                        .append_link(&mut h, path, Path::new(OsStr::from_bytes(&first)))
+                        .map_err(err)?;
+                } else {
+                    let mut f = tree::open_file(v.parent, v.name, v.path)?;
+                    pax_xattrs(&mut builder, &tree::read_xattrs(f.as_fd())).map_err(err)?;
+                    builder.append_file(path, &mut f).map_err(err)?;
+                    size += v.stat.st_size as u64;
+                }
+            }
+            Kind::Symlink => {
+                let target = tree::read_link(v.parent, v.name, v.path)?;
+                let mut h = header_for(v.stat, tar::EntryType::Symlink);
+                builder
+                    .append_link(&mut h, path, Path::new(&target))
+                    .map_err(err)?;
+            }
+            Kind::Fifo | Kind::Char | Kind::Block => {
+                let t = match v.kind {
+                    Kind::Fifo => tar::EntryType::Fifo,
+                    Kind::Char => tar::EntryType::Char,
+                    _ => tar::EntryType::Block,
+                };
+                let mut h = header_for(v.stat, t);
+                if v.kind != Kind::Fifo {
+                    let rdev = v.stat.st_rdev;
+                    h.set_device_major(nix::sys::stat::major(rdev) as u32)
+                        .map_err(err)?;
+                    h.set_device_minor(nix::sys::stat::minor(rdev) as u32)
+                        .map_err(err)?;
+                }
+                builder
+                    .append_data(&mut h, path, std::io::empty())
+                    .map_err(err)?;
+            }
+            Kind::Socket => return Ok(()),
+        }
+        count += 1;
+        Ok(())
+    })?;
+    let out = builder.into_inner().map_err(ioe("finish archive"))?;
+    Ok((size, count, out))
+}
+
+fn header_for(st: &nix::sys::stat::FileStat, t: tar::EntryType) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(t);
+    h.set_mode(st.st_mode & 0o7777);
+    h.set_uid(st.st_uid as u64);
+    h.set_gid(st.st_gid as u64);
+    h.set_mtime(st.st_mtime.max(0) as u64);
+    h.set_size(0);
+    h
+}
+
+/// A PAX extended header carrying `SCHILY.xattr.*` records (GNU tar's and
+/// the tar crate's convention) for the next entry.
+fn pax_xattrs<W: Write>(
+    builder: &mut tar::Builder<W>,
+    xattrs: &[(Vec<u8>, Vec<u8>)],
+) -> std::io::Result<()> {
+    if xattrs.is_empty() {
+        return Ok(());
+    }
+    let mut data = Vec::new();
+    for (name, value) in xattrs {
+        let mut key = b"SCHILY.xattr.".to_vec();
+        key.extend_from_slice(name);
+        // "<len> <key>=<value>\n", where len counts the whole record.
+        let body = key.len() + value.len() + 3;
+        let mut len = body + body.to_string().len();
+        if len.to_string().len() + body != len {
+            len += 1;
+        }
+        data.extend_from_slice(len.to_string().as_bytes());
+        data.push(b' ');
+        data.extend_from_slice(&key);
+        data.push(b'=');
+        data.extend_from_slice(value);
+        data.push(b'\n');
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_path("PaxHeaders/xattrs")?;
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    h.set_cksum();
+    builder.append(&h, &data[..])
+}
+
+/// Writes the archive of `src` into `store` atomically and records its
+/// manifest. Blocking.
+pub fn create_archive(
+    src: &DirFd,
+    store: &Store,
+    job: &Job,
+    opts: ArchiveOptions,
+    cancel: &AtomicBool,
+) -> Result<Manifest> {
+    let tmp = format!(".{ARCHIVE}.tmp");
+    store.dir.remove_file(&tmp)?;
+    let fd = openat(
+        store.dir.fd(),
+        tmp.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| Error::Io {
+        what: format!("create {}", store.dir.path().join(&tmp).display()),
+        source: e.into(),
+    })?;
+    let file = std::io::BufWriter::with_capacity(1 << 20, File::from(fd));
+    let hashing = Hashing {
+        inner: file,
+        hash: Sha256::new(),
+        bytes: 0,
+    };
+    let result = (|| {
+        let mut enc =
+            zstd::stream::write::Encoder::new(hashing, opts.level).map_err(ioe("zstd"))?;
+        if opts.threads > 1 {
+            enc.multithread(opts.threads).map_err(ioe("zstd threads"))?;
+        }
+        let (size, count, enc) = write_tar(src, enc, cancel)?;
+        let hashing = enc.finish().map_err(ioe("zstd finish"))?;
+        let file = hashing.inner.into_inner().map_err(|e| Error::Io {
+            what: "flush archive".into(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(ioe("fsync archive"))?;
+        Ok::<_, Error>(Manifest {
+            name: job.name.clone(),
+            source_volume_id: job.source_volume_id.clone(),
+            created_unix: job.created_unix,
+            created_nanos: job.created_nanos,
+            size_bytes: size,
+            file_count: count,
+            archive_bytes: hashing.bytes,
+            sha256: hex::encode(hashing.hash.finalize()),
+            compression: "zstd".into(),
+            level: opts.level,
+        })
+    })();
+    let manifest = match result {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = store.dir.remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    renameat(store.dir.fd(), tmp.as_str(), store.dir.fd(), ARCHIVE).map_err(|e| Error::Io {
+        what: "rename archive".into(),
+        source: e.into(),
+    })?;
+    let bytes =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| Error::BadJson(MANIFEST.into(), e))?;
+    store.dir.write_atomic(MANIFEST, &bytes)?;
+    store.dir.remove_file(JOB)?;
+    Ok(manifest)
+}
+
+/// Restores the archive of `store` into `dest` (an empty directory),
+/// verifying its checksum against `manifest`. Blocking.
+pub fn restore(
+    store: &Store,
+    manifest: &Manifest,
+    dest: DirFd,
+    allow_devices: bool,
+) -> Result<(u64, u64)> {
+    let path = store.dir.path().join(ARCHIVE);
+    let fd = openat(
+        store.dir.fd(),
+        ARCHIVE,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Io {
+        what: format!("open {}", path.display()),
+        source: e.into(),
+    })?;
+    let reader = HashingReader {
+        inner: BufReader::with_capacity(1 << 20, File::from(fd)),
+        hash: Sha256::new(),
+    };
+    let root = dest.try_clone()?;
+    let mut decoder =
+        zstd::stream::read::Decoder::with_buffer(BufReader::new(reader)).map_err(ioe("zstd"))?;
+    let out = extract(&mut decoder, Dest::new(dest, allow_devices));
+    // Hash the rest (tar padding, zstd epilogue) before comparing.
+    let _ = std::io::copy(&mut decoder, &mut std::io::sink());
+    let mut reader = decoder.finish().into_inner();
+    let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    let got = hex::encode(reader.hash.finalize());
+    if out.is_ok() && got != manifest.sha256 {
+        empty_dir(&root)?;
+        return Err(Error::Checksum {
+            path: path.display().to_string(),
+            got,
+            want: manifest.sha256.clone(),
+        });
+    }
+    out
+}
+
+/// Removes everything inside `dir`.
+pub fn empty_dir(dir: &DirFd) -> Result<()> {
+    for name in dir.list()? {
+        dir.remove_tree(&name)?;
+    }
+    Ok(())
+}
+
+/// Extracts a tar stream into `dest`, treating it as hostile. Blocking.
+pub fn extract(src: &mut dyn Read, mut dest: Dest) -> Result<(u64, u64)> {
+    let mut archive = tar::Archive::new(src);
+    for entry in archive.entries().map_err(ioe("read archive"))? {
+        let mut entry = entry.map_err(ioe("read archive"))?;
+        let path = entry.path_bytes().into_owned();
+        let h = entry.header();
+        let et = h.entry_type();
+        let mut meta = Meta {
+            mode: h.mode().unwrap_or(0o644) & 0o7777,
+            uid: h.uid().unwrap_or(0) as u32,
+            gid: h.gid().unwrap_or(0) as u32,
+            mtime: h.mtime().unwrap_or(0) as i64,
+            mtime_nsec: 0,
+            xattrs: Vec::new(),
+        };
+        let rdev = match (h.device_major(), h.device_minor()) {
+            (Ok(Some(ma)), Ok(Some(mi))) => nix::sys::stat::makedev(ma as u64, mi as u64),
+            _ => 0,
+        };
+        let link = entry.link_name_bytes().map(|l| l.into_owned());
+        if let Some(exts) = entry.pax_extensions().map_err(ioe("read archive"))? {
+            for ext in exts.flatten() {
+                if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                    meta.xattrs
+                        .push((name.to_vec(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
+        let err = |what: &str| {
+            let p = String::from_utf8_lossy(&path).into_owned();
+            let w = what.to_string();
+            move |e: std::io::Error| Error::Io {
+                what: format!("{w} {p}"),
+                source: e,
+            }
+        };
+        match et {
+            tar::EntryType::Directory => dest.dir(&path, meta)?,
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                let size = entry.size();
+                let mut f = dest.file(&path)?;
+                tree::copy_sparse(&mut entry, &mut f).map_err(err("extract"))?;
+                dest.finish_file(&f, size, &meta, &path)?;
+            }
+            tar::EntryType::Symlink => {
+                let target = link.ok_or_else(|| Error::Io {
+                    what: "symlink without target".into(),
+                    source: std::io::ErrorKind::InvalidData.into(),
+                })?;
+                dest.symlink(&path, &target, &meta)?;
+            }
+            tar::EntryType::Link => {
+                let target = link.ok_or_else(|| Error::Io {
+                    what: "hard link without target".into(),
+                    source: std::io::ErrorKind::InvalidData.into(),
+                })?;
+                dest.hardlink(&path, &target)?;
+            }
+            tar::EntryType::Fifo => dest.special(&path, Kind::Fifo, 0, &meta)?,
+            tar::EntryType::Char => dest.special(&path, Kind::Char, rdev, &meta)?,
+            tar::EntryType::Block => dest.special(&path, Kind::Block, rdev, &meta)?,
+            tar::EntryType::XGlobalHeader => {}
+            other => {
+                return Err(Error::Io {
+                    what: format!(
+                        "unsupported entry type {other:?} at {}",
+                        String::from_utf8_lossy(&path)
+                    ),
+                    source: std::io::ErrorKind::InvalidData.into(),
+                });
+            }
+        }
+    }
+    Ok(dest.finish()?)
+}
+
+/// Copies the tree below `src` into `dest` with the same fidelity as an
+/// archive round trip: file data through `workers` threads (reflink, else
+/// copy_file_range of the data segments, keeping holes). Blocking.
+pub fn clone_tree(
+    src: &DirFd,
+    dest: Dest,
+    workers: usize,
+    cancel: &AtomicBool,
+) -> Result<(u64, u64)> {
+    let dest = std::sync::Mutex::new(dest);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(File, File, u64, Meta, Vec<u8>)>(64);
+    let rx = std::sync::Mutex::new(rx);
+    let failed: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..workers.max(1) {
+            s.spawn(|| {
+                loop {
+                    let job = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((src, dst, size, meta, path)) = job else {
+                        return;
+                    };
+                    let res = copy_data(&src, &dst, size).map_err(|e| Error::Io {
+                        what: format!("copy {}", String::from_utf8_lossy(&path)),
+                        source: e,
+                    });
+                    let res = res.and_then(|()| {
+                        dest.lock()
+                            .map_err(|_| Error::Tree(tree::Error::Cancelled))?
+                            .finish_file(&dst, size, &meta, &path)
+                            .map_err(Error::from)
+                    });
+                    if let Err(e) = res {
+                        stop.store(true, Ordering::Relaxed);
+                        if let Ok(mut f) = failed.lock() {
+                            f.get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+        let mut links = Links::default();
+        let walked = tree::walk(
+            src,
+            &|| cancel.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed),
+            &mut |v| {
+                let mut meta = Meta::from_stat(v.stat);
+                let mut d = dest.lock().map_err(|_| tree::Error::Cancelled)?;
+                match v.kind {
+                    Kind::Dir => {
+                        if let Some(dir) = v.parent.child(v.name)? {
+                            meta.xattrs = tree::read_xattrs(dir.fd());
+                        }
+                        d.dir(v.path, meta)?;
+                    }
+                    Kind::File => {
+                        if let Some(first) = links.seen(v.stat, v.path) {
+                            d.hardlink(v.path, &first)?;
+                        } else {
+                            let f = tree::open_file(v.parent, v.name, v.path)?;
+                            meta.xattrs = tree::read_xattrs(f.as_fd());
+                            let out = d.file(v.path)?;
+                            drop(d);
+                            tx.send((f, out, v.stat.st_size as u64, meta, v.path.to_vec()))
+                                .map_err(|_| tree::Error::Cancelled)?;
+                        }
+                    }
+                    Kind::Symlink => {
+                        let target = tree::read_link(v.parent, v.name, v.path)?;
+                        d.symlink(v.path, target.as_bytes(), &meta)?;
+                    }
+                    Kind::Fifo | Kind::Char | Kind::Block => {
+                        d.special(v.path, v.kind, v.stat.st_rdev, &meta)?;
+                    }
+                    Kind::Socket => {}
+                }
+                Ok(())
+            },
+        );
+        drop(tx);
+        if let Err(e) = walked
+            && let Ok(mut f) = failed.lock()
+        {
+            f.get_or_insert(e.into());
+        }
+    });
+    if let Some(e) = failed.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let dest = dest
+        .into_inner()
+        .map_err(|_| Error::Tree(tree::Error::Cancelled))?;
+    Ok(dest.finish()?)
+}
+
+/// Copies a file's data: a reflink where the filesystem shares extents,
+/// else copy_file_range over the data segments only (holes stay holes).
+fn copy_data(src: &File, dst: &File, size: u64) -> std::io::Result<()> {
+    use nix::unistd::{Whence, lseek};
+    // FICLONE: _IOW(0x94, 9, int)
+    const FICLONE: nix::libc::c_ulong = 0x4004_9409;
+    // SAFETY: both descriptors are open files owned by the caller.
+    let r = unsafe {
+        nix::libc::ioctl(
+            dst.as_fd().as_raw_fd_i32(),
+            FICLONE as _,
+            src.as_fd().as_raw_fd_i32(),
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let mut off: i64 = 0;
+    let size = size as i64;
+    while off < size {
+        let data = match lseek(src.as_fd(), off, Whence::SeekData) {
+            Ok(d) => d,
+            Err(nix::errno::Errno::ENXIO) => break, // only a hole remains
+            Err(nix::errno::Errno::EINVAL) => off,  // no SEEK_DATA: copy all
+            Err(e) => return Err(e.into()),
+        };
+        let hole = match lseek(src.as_fd(), data, Whence::SeekHole) {
+            Ok(h) => h.min(size),
+            Err(_) => size,
+        };
+        let mut pos_in = data;
+        let mut pos_out = data;
+        while pos_in < hole {
+            let want = (hole - pos_in) as usize;
+            let n = match nix::fcntl::copy_file_range(
+                src.as_fd(),
+                Some(&mut pos_in),
+                dst.as_fd(),
+                Some(&mut pos_out),
+                want,
+            ) {
+                Ok(0) => break, // file shrank under us
+                Ok(n) => n,
+                Err(
+                    nix::errno::Errno::EXDEV
+                    | nix::errno::Errno::ENOSYS
+                    | nix::errno::Errno::EOPNOTSUPP
+                    | nix::errno::Errno::EINVAL,
+                ) => {
+                    copy_range_rw(src, dst, pos_in, hole)?;
+                    pos_in = hole;
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let _ = n;
+        }
+        off = hole.max(pos_in);
+    }
+    Ok(())
+}
+
+trait RawFdI32 {
+    fn as_raw_fd_i32(&self) -> i32;
+}
+
+impl RawFdI32 for std::os::fd::BorrowedFd<'_> {
+    fn as_raw_fd_i32(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.as_raw_fd()
+    }
+}
+
+fn copy_range_rw(src: &File, dst: &File, from: i64, to: i64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = from as u64;
+    while (pos as i64) < to {
+        let want = ((to as u64 - pos) as usize).min(buf.len());
+        let n = src.read_at(&mut buf[..want], pos)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all_at(&buf[..n], pos)?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+
+    /// A tree with every kind of entry the archive must keep.
+    pub(crate) fn sample_tree(root: &Path) {
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/b/text"), "hello ".repeat(10000)).unwrap();
+        std::fs::write(root.join("top"), b"top").unwrap();
+        std::fs::set_permissions(root.join("top"), std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::hard_link(root.join("top"), root.join("a/hard")).unwrap();
+        symlink("/etc/passwd", root.join("abs-link")).unwrap();
+        symlink("../top", root.join("a/rel-link")).unwrap();
+        let f = File::create(root.join("sparse")).unwrap();
+        f.set_len(64 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"end", (64 << 20) - 3).unwrap();
+        f.write_all_at(b"start", 0).unwrap();
+        nix::unistd::mkfifo(&root.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        let long = "x".repeat(120);
+        std::fs::create_dir_all(root.join(&long).join(&long)).unwrap();
+        std::fs::write(root.join(&long).join(&long).join("deep"), b"long path").unwrap();
+        let ts = TimeSpecPair::at(1_600_000_000);
+        ts.apply(&root.join("a/b/text"));
+        // a user xattr where the filesystem has them
+        let _ = xattr_set(&root.join("top"), "user.nfs-csi-test", b"v1");
+    }
+
+    struct TimeSpecPair(nix::sys::time::TimeSpec);
+    impl TimeSpecPair {
+        fn at(secs: i64) -> Self {
+            TimeSpecPair(nix::sys::time::TimeSpec::new(secs, 0))
+        }
+        fn apply(&self, p: &Path) {
+            nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                p,
+                &self.0,
+                &self.0,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            )
+            .unwrap();
+        }
+    }
+
+    fn xattr_set(p: &Path, name: &str, value: &[u8]) -> bool {
+        let cp = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        let cn = std::ffi::CString::new(name).unwrap();
+        // SAFETY: valid C strings and buffer.
+        unsafe {
+            nix::libc::setxattr(
+                cp.as_ptr(),
+                cn.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            ) == 0
+        }
+    }
+
+    fn xattr_get(p: &Path, name: &str) -> Option<Vec<u8>> {
+        let cp = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        let cn = std::ffi::CString::new(name).unwrap();
+        let mut buf = vec![0u8; 256];
+        // SAFETY: valid C strings and buffer.
+        let n = unsafe {
+            nix::libc::getxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        };
+        (n >= 0).then(|| {
+            buf.truncate(n as usize);
+            buf
+        })
+    }
+
+    /// Compares two trees field by field.
+    pub(crate) fn assert_same_tree(a: &Path, b: &Path) {
+        let mut count = 0;
+        for entry in walk_paths(a) {
+            let rel = entry.strip_prefix(a).unwrap();
+            let (ma, mb) = (
+                std::fs::symlink_metadata(&entry).unwrap(),
+                std::fs::symlink_metadata(b.join(rel))
+                    .unwrap_or_else(|e| panic!("{} missing: {e}", rel.display())),
+            );
+            let r = rel.display();
+            assert_eq!(ma.file_type(), mb.file_type(), "{r}");
+            assert_eq!(ma.mode(), mb.mode(), "{r} mode");
+            assert_eq!(ma.uid(), mb.uid(), "{r} uid");
+            assert_eq!(ma.gid(), mb.gid(), "{r} gid");
+            if !ma.is_dir() {
+                assert_eq!(ma.mtime(), mb.mtime(), "{r} mtime");
+            }
+            if ma.file_type().is_symlink() {
+                assert_eq!(
+                    std::fs::read_link(&entry).unwrap(),
+                    std::fs::read_link(b.join(rel)).unwrap()
+                );
+            } else if ma.is_file() {
+                assert_eq!(ma.len(), mb.len(), "{r} size");
+                assert_eq!(
+                    std::fs::read(&entry).unwrap(),
+                    std::fs::read(b.join(rel)).unwrap(),
+                    "{r}"
+                );
+                // holes kept: not much more allocated than the source
+                assert!(
+                    mb.blocks() <= ma.blocks() + 64,
+                    "{r}: {} blocks vs {}",
+                    mb.blocks(),
+                    ma.blocks()
+                );
+            }
+            count += 1;
+        }
+        assert!(count > 5);
+        // hard link kept as a link
+        let (h1, h2) = (
+            std::fs::metadata(b.join("top")).unwrap(),
+            std::fs::metadata(b.join("a/hard")).unwrap(),
+        );
+        assert_eq!(h1.ino(), h2.ino(), "hard link restored as a copy");
+        if let Some(v) = xattr_get(&a.join("top"), "user.nfs-csi-test") {
+            assert_eq!(xattr_get(&b.join("top"), "user.nfs-csi-test"), Some(v));
+        }
+    }
+
+    fn walk_paths(root: &Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(p.clone());
+                }
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn archive_round_trip_keeps_every_kind_of_entry() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        sample_tree(&src);
+        std::fs::create_dir_all(t.path().join("store")).unwrap();
+        let store = Store {
+            dir: DirFd::open_root(&t.path().join("store")).unwrap(),
+        };
+        let job = Job::new("snap-1", "vol-1", 3);
+        let m = create_archive(
+            &DirFd::open_root(&src).unwrap(),
+            &store,
+            &job,
+            ArchiveOptions {
+                level: 3,
+                threads: 2,
+            },
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        assert!(
+            m.archive_bytes < 2 << 20,
+            "sparse data inflated: {}",
+            m.archive_bytes
+        );
+        assert_eq!(m.size_bytes, 60000 + 3 + (64 << 20) + 9);
+        assert!(store.manifest().unwrap().is_some());
+        assert!(store.dir.read_small(JOB).unwrap().is_none());
+        // restore
+        let dst = t.path().join("dst");
+        std::fs::create_dir_all(&dst).unwrap();
+        restore(&store, &m, DirFd::open_root(&dst).unwrap(), false).unwrap();
+        assert_same_tree(&src, &dst);
+        // a standard archive: GNU tar lists it
+        let out = std::process::Command::new("tar")
+            .args(["--zstd", "-tvf"])
+            .arg(t.path().join("store").join(ARCHIVE))
+            .output();
+        if let Ok(out) = out
+            && out.status.success()
+        {
+            let s = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                s.contains("a/b/text") && s.contains("abs-link -> /etc/passwd"),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrupt_archive_restores_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f"), b"data").unwrap();
+        std::fs::create_dir_all(t.path().join("store")).unwrap();
+        let store = Store {
+            dir: DirFd::open_root(&t.path().join("store")).unwrap(),
+        };
+        let mut m = create_archive(
+            &DirFd::open_root(&src).unwrap(),
+            &store,
+            &Job::new("s", "v", 1),
+            ArchiveOptions {
+                level: 1,
+                threads: 1,
+            },
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        m.sha256 = "00".repeat(32);
+        let dst = t.path().join("dst");
+        std::fs::create_dir_all(&dst).unwrap();
+        let err = restore(&store, &m, DirFd::open_root(&dst).unwrap(), false).unwrap_err();
+        assert!(matches!(err, Error::Checksum { .. }), "{err}");
+        assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn clone_keeps_every_kind_of_entry() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        sample_tree(&src);
+        let dst = t.path().join("dst");
+        std::fs::create_dir_all(&dst).unwrap();
+        let (files, _) = clone_tree(
+            &DirFd::open_root(&src).unwrap(),
+            Dest::new(DirFd::open_root(&dst).unwrap(), false),
+            4,
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        assert!(files >= 8, "{files}");
+        assert_same_tree(&src, &dst);
+    }
+
+    #[test]
+    fn cancel_stops_archiving_and_leaves_no_archive() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        sample_tree(&src);
+        std::fs::create_dir_all(t.path().join("store")).unwrap();
+        let store = Store {
+            dir: DirFd::open_root(&t.path().join("store")).unwrap(),
+        };
+        let err = create_archive(
+            &DirFd::open_root(&src).unwrap(),
+            &store,
+            &Job::new("s", "v", 1),
+            ArchiveOptions {
+                level: 1,
+                threads: 1,
+            },
+            &AtomicBool::new(true),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Tree(tree::Error::Cancelled)), "{err}");
+        assert!(store.dir.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn ids_round_trip() {
+        let id = SnapshotId::new(ExportSpec::mounted("/srv/snaps").unwrap(), "snapshot-1234");
+        let s = id.to_string();
+        assert_eq!(s, "s1#mounted#/srv/snaps#snapshot-1234");
+        assert_eq!(SnapshotId::parse(&s).unwrap(), id);
+        for bad in [
+            "",
+            "v1#mounted#/srv#x",
+            "s1#mounted#/srv#..",
+            "s1#mounted#/srv#a%2Fb",
+            "s1#mounted#/srv#.hidden",
+        ] {
+            assert!(SnapshotId::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

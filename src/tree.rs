@@ -1,0 +1,723 @@
+//! A volume's tree of files, read and rebuilt by file descriptor: the common
+//! ground of snapshots (archive, restore) and clones.
+//!
+//! Safety assumptions: the source may be changed by pods while it is read
+//! and the destination may come from a hostile archive. Reading walks by
+//! descriptor, never follows a symlink and never crosses into another
+//! filesystem. Writing ([`Dest`]) takes each path as untrusted bytes: it
+//! must be relative with no `.`/`..`/empty components; parents are opened
+//! one component at a time with `O_NOFOLLOW`, so a symlink (even one made
+//! earlier by the same archive) is never written through; files are created
+//! with `O_EXCL | O_NOFOLLOW`; device nodes are refused unless allowed.
+//! Nothing can be created outside the destination directory.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat, readlinkat};
+use nix::sys::stat::{
+    FileStat, Mode, SFlag, UtimensatFlags, fstatat, futimens, mknodat, utimensat,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{
+    Gid, Uid, UnlinkatFlags, fchown, fchownat, ftruncate, linkat, mkfifoat, symlinkat, unlinkat,
+};
+
+use crate::safefs::{self, DirFd};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Fs(#[from] safefs::Error),
+    #[error("{path}: {op} failed: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("unsafe path {path:?} in the source: {reason}")]
+    UnsafePath { path: String, reason: &'static str },
+    #[error("{path:?}: device nodes are not restored (enable --allow-device-nodes to allow them)")]
+    DeviceNode { path: String },
+    #[error("{path:?}: a {existing} is already there")]
+    Conflict {
+        path: String,
+        existing: &'static str,
+    },
+    #[error("hard link {path:?} points to {target:?}, which is not in the tree")]
+    BadLink { path: String, target: String },
+    #[error("{path}: {source}")]
+    Stream {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+fn show(p: &[u8]) -> String {
+    String::from_utf8_lossy(p).into_owned()
+}
+
+fn io<'p>(op: &'static str, path: &'p [u8]) -> impl FnOnce(Errno) -> Error + 'p {
+    move |source| Error::Io {
+        op,
+        path: show(path),
+        source,
+    }
+}
+
+/// Ownership, permissions, times and extended attributes of an entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub mtime_nsec: i64,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Meta {
+    pub fn from_stat(st: &FileStat) -> Meta {
+        Meta {
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec,
+            xattrs: Vec::new(),
+        }
+    }
+}
+
+/// What kind of entry a stat describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+    Fifo,
+    Char,
+    Block,
+    Socket,
+}
+
+pub fn kind(st: &FileStat) -> Kind {
+    let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if fmt == SFlag::S_IFDIR {
+        Kind::Dir
+    } else if fmt == SFlag::S_IFLNK {
+        Kind::Symlink
+    } else if fmt == SFlag::S_IFIFO {
+        Kind::Fifo
+    } else if fmt == SFlag::S_IFCHR {
+        Kind::Char
+    } else if fmt == SFlag::S_IFBLK {
+        Kind::Block
+    } else if fmt == SFlag::S_IFSOCK {
+        Kind::Socket
+    } else {
+        Kind::File
+    }
+}
+
+/// Extended attributes of an open file (empty where unsupported).
+pub fn read_xattrs(fd: BorrowedFd<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let raw = fd.as_raw_fd();
+    let mut names = vec![0u8; 4096];
+    // SAFETY: the buffer is valid for its length; flistxattr writes at most that.
+    let n = unsafe { nix::libc::flistxattr(raw, names.as_mut_ptr().cast(), names.len()) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    names.truncate(n as usize);
+    let mut out = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let Ok(cname) = CString::new(name) else {
+            continue;
+        };
+        let mut value = vec![0u8; 65536];
+        // SAFETY: as above, the buffer is valid for its length.
+        let len = unsafe {
+            nix::libc::fgetxattr(raw, cname.as_ptr(), value.as_mut_ptr().cast(), value.len())
+        };
+        if len >= 0 {
+            value.truncate(len as usize);
+            out.push((name.to_vec(), value));
+        }
+    }
+    out
+}
+
+fn write_xattrs(fd: BorrowedFd<'_>, xattrs: &[(Vec<u8>, Vec<u8>)], path: &[u8]) -> Result<()> {
+    for (name, value) in xattrs {
+        let Ok(cname) = CString::new(name.clone()) else {
+            continue;
+        };
+        // SAFETY: name is NUL-terminated, value valid for its length.
+        let r = unsafe {
+            nix::libc::fsetxattr(
+                fd.as_raw_fd(),
+                cname.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if r != 0 {
+            let e = Errno::last();
+            // A filesystem without xattrs (or a namespace we may not set):
+            // the data matters more than the attribute.
+            if matches!(e, Errno::ENOTSUP | Errno::EPERM | Errno::EACCES) {
+                tracing::debug!(path = %show(path), "xattr not restored: {e}");
+                continue;
+            }
+            return Err(io("setxattr", path)(e));
+        }
+    }
+    Ok(())
+}
+
+fn times(meta: &Meta) -> [TimeSpec; 2] {
+    let t = TimeSpec::new(meta.mtime, meta.mtime_nsec);
+    [t, t]
+}
+
+/// One entry met while walking a source tree.
+pub struct Visit<'a> {
+    /// Path relative to the walked root, `/`-separated.
+    pub path: &'a [u8],
+    pub parent: &'a DirFd,
+    pub name: &'a OsStr,
+    pub stat: &'a FileStat,
+    pub kind: Kind,
+}
+
+/// Walks the tree below `root` depth-first, parents before children, in
+/// name order, never following symlinks; subtrees on another filesystem
+/// are skipped with a warning. `cancel` is checked between entries.
+pub fn walk(
+    root: &DirFd,
+    cancel: &dyn Fn() -> bool,
+    visit: &mut dyn FnMut(&Visit<'_>) -> Result<()>,
+) -> Result<()> {
+    let dev = root.stat()?.st_dev;
+    // (directory, its path, its remaining entries)
+    let mut stack: Vec<(DirFd, Vec<u8>, std::vec::IntoIter<OsString>)> =
+        vec![(root.try_clone()?, Vec::new(), root.list()?.into_iter())];
+    while let Some((dir, prefix, entries)) = stack.last_mut() {
+        let Some(name) = entries.next() else {
+            stack.pop();
+            continue;
+        };
+        if cancel() {
+            return Err(Error::Cancelled);
+        }
+        let mut path = prefix.clone();
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name.as_bytes());
+        let st = match fstatat(dir.fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => continue,
+            Err(e) => return Err(io("stat", &path)(e)),
+        };
+        let k = kind(&st);
+        if k == Kind::Dir && st.st_dev != dev {
+            tracing::warn!(path = %show(&path), "skipping another filesystem mounted inside the volume");
+            continue;
+        }
+        visit(&Visit {
+            path: &path,
+            parent: dir,
+            name: &name,
+            stat: &st,
+            kind: k,
+        })?;
+        if k == Kind::Dir {
+            match dir.child(&name) {
+                Ok(Some(child)) => {
+                    let list = child.list()?;
+                    stack.push((child, path, list.into_iter()));
+                }
+                Ok(None) | Err(safefs::Error::NotADirectory { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens a regular file met in a walk, without following a symlink.
+pub fn open_file(parent: &DirFd, name: &OsStr, path: &[u8]) -> Result<File> {
+    let fd = openat(
+        parent.fd(),
+        name,
+        OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_CLOEXEC
+            | OFlag::O_NOCTTY
+            | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(io("open", path))?;
+    Ok(File::from(fd))
+}
+
+pub fn read_link(parent: &DirFd, name: &OsStr, path: &[u8]) -> Result<OsString> {
+    readlinkat(parent.fd(), name).map_err(io("readlink", path))
+}
+
+/// Splits an untrusted relative path into its components; refuses absolute
+/// paths, `..`, empty components and NUL. A leading `./` is dropped; `.`
+/// alone is the root (no components).
+pub fn components(path: &[u8]) -> Result<Vec<&[u8]>> {
+    let bad = |reason| Error::UnsafePath {
+        path: show(path),
+        reason,
+    };
+    if path.first() == Some(&b'/') {
+        return Err(bad("absolute"));
+    }
+    if path.contains(&0) {
+        return Err(bad("contains NUL"));
+    }
+    let trimmed = path.strip_suffix(b"/").unwrap_or(path);
+    let mut out = Vec::new();
+    for (i, c) in trimmed.split(|b| *b == b'/').enumerate() {
+        match c {
+            b"." if i == 0 => continue,
+            b"" if trimmed.is_empty() => continue,
+            b"" => return Err(bad("empty component")),
+            b"." | b".." => return Err(bad("has a . or .. component")),
+            c if c.len() > 255 => return Err(bad("component longer than 255 bytes")),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// Builds a tree below a destination directory from untrusted paths.
+pub struct Dest {
+    root: DirFd,
+    allow_devices: bool,
+    chown: bool,
+    /// Directories whose metadata is applied last (deepest first), since
+    /// creating entries inside them changes their mtime.
+    dirs: Vec<(Vec<u8>, Meta)>,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+impl Dest {
+    pub fn new(root: DirFd, allow_devices: bool) -> Dest {
+        Dest {
+            root,
+            allow_devices,
+            chown: nix::unistd::geteuid().is_root(),
+            dirs: Vec::new(),
+            files: 0,
+            bytes: 0,
+        }
+    }
+
+    pub fn root(&self) -> &DirFd {
+        &self.root
+    }
+
+    /// The parent directory of `path` (created, without following symlinks,
+    /// where missing) and the last component. `None` for the root itself.
+    fn parent<'p>(&self, path: &'p [u8]) -> Result<Option<(DirFd, &'p [u8])>> {
+        let comps = components(path)?;
+        let Some((last, dirs)) = comps.split_last() else {
+            return Ok(None);
+        };
+        let mut cur = self.root.try_clone()?;
+        for c in dirs {
+            cur = cur.child_or_create(OsStr::from_bytes(c), 0o755)?.0;
+        }
+        Ok(Some((cur, last)))
+    }
+
+    /// Removes a non-directory already at `name` (an archive may list an
+    /// entry twice); a directory there is a conflict.
+    fn clear(&self, dir: &DirFd, name: &[u8], path: &[u8], want_dir: bool) -> Result<bool> {
+        match fstatat(
+            dir.fd(),
+            OsStr::from_bytes(name),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(io("stat", path)(e)),
+            Ok(st) if kind(&st) == Kind::Dir => {
+                if want_dir {
+                    Ok(true)
+                } else {
+                    Err(Error::Conflict {
+                        path: show(path),
+                        existing: "directory",
+                    })
+                }
+            }
+            Ok(_) => {
+                unlinkat(
+                    dir.fd(),
+                    OsStr::from_bytes(name),
+                    UnlinkatFlags::NoRemoveDir,
+                )
+                .map_err(io("unlink", path))?;
+                Ok(false)
+            }
+        }
+    }
+
+    pub fn dir(&mut self, path: &[u8], meta: Meta) -> Result<()> {
+        if let Some((parent, name)) = self.parent(path)? {
+            self.clear(&parent, name, path, true)?;
+            parent.child_or_create(OsStr::from_bytes(name), 0o700)?;
+        }
+        self.dirs.push((path.to_vec(), meta));
+        Ok(())
+    }
+
+    /// Creates a regular file and returns it open for writing; call
+    /// [`Dest::finish_file`] after writing its data.
+    pub fn file(&mut self, path: &[u8]) -> Result<File> {
+        let Some((parent, name)) = self.parent(path)? else {
+            return Err(Error::Conflict {
+                path: show(path),
+                existing: "root directory",
+            });
+        };
+        self.clear(&parent, name, path, false)?;
+        let fd: OwnedFd = openat(
+            parent.fd(),
+            OsStr::from_bytes(name),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(io("create", path))?;
+        self.files += 1;
+        Ok(File::from(fd))
+    }
+
+    /// Sets size (keeping trailing holes), owner, mode, xattrs and times.
+    pub fn finish_file(&mut self, file: &File, size: u64, meta: &Meta, path: &[u8]) -> Result<()> {
+        ftruncate(file.as_fd(), size as i64).map_err(io("truncate", path))?;
+        self.bytes += size;
+        self.apply_fd(file.as_fd(), meta, path)
+    }
+
+    fn apply_fd(&self, fd: BorrowedFd<'_>, meta: &Meta, path: &[u8]) -> Result<()> {
+        if self.chown {
+            fchown(
+                fd,
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+            )
+            .map_err(io("chown", path))?;
+        }
+        nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(meta.mode & 0o7777))
+            .map_err(io("chmod", path))?;
+        write_xattrs(fd, &meta.xattrs, path)?;
+        futimens(fd, &times(meta)[0], &times(meta)[1]).map_err(io("utimes", path))
+    }
+
+    pub fn symlink(&mut self, path: &[u8], target: &[u8], meta: &Meta) -> Result<()> {
+        let Some((parent, name)) = self.parent(path)? else {
+            return Err(Error::Conflict {
+                path: show(path),
+                existing: "root directory",
+            });
+        };
+        self.clear(&parent, name, path, false)?;
+        let name = OsStr::from_bytes(name);
+        symlinkat(OsStr::from_bytes(target), parent.fd(), name).map_err(io("symlink", path))?;
+        if self.chown {
+            fchownat(
+                parent.fd(),
+                name,
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(io("chown", path))?;
+        }
+        let t = times(meta);
+        utimensat(
+            parent.fd(),
+            name,
+            &t[0],
+            &t[1],
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(io("utimes", path))?;
+        self.files += 1;
+        Ok(())
+    }
+
+    /// A hard link at `path` to the entry at `target` (both in this tree).
+    pub fn hardlink(&mut self, path: &[u8], target: &[u8]) -> Result<()> {
+        let bad = || Error::BadLink {
+            path: show(path),
+            target: show(target),
+        };
+        let tcomps = components(target)?;
+        let (tlast, tdirs) = tcomps.split_last().ok_or_else(bad)?;
+        let mut tdir = self.root.try_clone()?;
+        for c in tdirs {
+            tdir = tdir.child(OsStr::from_bytes(c))?.ok_or_else(bad)?;
+        }
+        let Some((parent, name)) = self.parent(path)? else {
+            return Err(bad());
+        };
+        self.clear(&parent, name, path, false)?;
+        // No AT_SYMLINK_FOLLOW: a symlink is linked as itself, never resolved.
+        linkat(
+            tdir.fd(),
+            OsStr::from_bytes(tlast),
+            parent.fd(),
+            OsStr::from_bytes(name),
+            AtFlags::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::ENOENT => bad(),
+            e => io("link", path)(e),
+        })?;
+        self.files += 1;
+        Ok(())
+    }
+
+    /// A FIFO or (when allowed) a device node.
+    pub fn special(&mut self, path: &[u8], kind: Kind, rdev: u64, meta: &Meta) -> Result<()> {
+        if matches!(kind, Kind::Char | Kind::Block) && !self.allow_devices {
+            return Err(Error::DeviceNode { path: show(path) });
+        }
+        let Some((parent, name)) = self.parent(path)? else {
+            return Err(Error::Conflict {
+                path: show(path),
+                existing: "root directory",
+            });
+        };
+        self.clear(&parent, name, path, false)?;
+        let name_os = OsStr::from_bytes(name);
+        let perm = Mode::from_bits_truncate(0o600);
+        match kind {
+            Kind::Fifo => mkfifoat(parent.fd(), name_os, perm).map_err(io("mkfifo", path))?,
+            Kind::Char => mknodat(parent.fd(), name_os, SFlag::S_IFCHR, perm, rdev)
+                .map_err(io("mknod", path))?,
+            Kind::Block => mknodat(parent.fd(), name_os, SFlag::S_IFBLK, perm, rdev)
+                .map_err(io("mknod", path))?,
+            _ => return Ok(()),
+        }
+        // Open without blocking (a FIFO) to set the metadata by descriptor.
+        let fd = openat(
+            parent.fd(),
+            name_os,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io("open", path))?;
+        let proc_path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        if self.chown {
+            nix::unistd::chown(
+                &proc_path,
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+            )
+            .map_err(io("chown", path))?;
+        }
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            &proc_path,
+            Mode::from_bits_truncate(meta.mode & 0o7777),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .map_err(io("chmod", path))?;
+        let t = times(meta);
+        utimensat(
+            parent.fd(),
+            name_os,
+            &t[0],
+            &t[1],
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(io("utimes", path))?;
+        self.files += 1;
+        Ok(())
+    }
+
+    /// Applies directory metadata, deepest first.
+    pub fn finish(mut self) -> Result<(u64, u64)> {
+        self.dirs.sort_by(|a, b| b.0.cmp(&a.0));
+        for (path, meta) in std::mem::take(&mut self.dirs) {
+            let comps = components(&path)?;
+            let mut cur = self.root.try_clone()?;
+            let mut found = true;
+            for c in &comps {
+                match cur.child(OsStr::from_bytes(c))? {
+                    Some(d) => cur = d,
+                    None => {
+                        found = false;
+                        break;
+                    }
+                }
+            }
+            if found {
+                self.apply_fd(cur.fd(), &meta, &path)?;
+            }
+        }
+        Ok((self.files, self.bytes))
+    }
+}
+
+/// Copies `src` to `dst` from their current offsets, leaving holes where
+/// the source reads as whole zero blocks. Returns the bytes read.
+pub fn copy_sparse(src: &mut dyn Read, dst: &mut File) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    const BLOCK: usize = 256 * 1024;
+    const PAGE: usize = 4096;
+    let mut buf = vec![0u8; BLOCK];
+    let mut total = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < BLOCK {
+            let n = src.read(&mut buf[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            return Ok(total);
+        }
+        // Page-sized zero runs become holes; the rest is written in runs.
+        let mut run_start = 0;
+        let mut pos = 0;
+        while pos < filled {
+            let end = (pos + PAGE).min(filled);
+            if buf[pos..end].iter().all(|b| *b == 0) {
+                if run_start < pos {
+                    dst.write_all(&buf[run_start..pos])?;
+                }
+                dst.seek(SeekFrom::Current((end - pos) as i64))?;
+                run_start = end;
+            }
+            pos = end;
+        }
+        if run_start < filled {
+            dst.write_all(&buf[run_start..filled])?;
+        }
+        total += filled as u64;
+        if filled < BLOCK {
+            return Ok(total);
+        }
+    }
+}
+
+/// Hard-link bookkeeping: the first path seen for each (device, inode).
+#[derive(Default)]
+pub struct Links(HashMap<(u64, u64), Vec<u8>>);
+
+impl Links {
+    /// For a file with more than one link: the earlier path, or records
+    /// this one as the first.
+    pub fn seen(&mut self, st: &FileStat, path: &[u8]) -> Option<Vec<u8>> {
+        if st.st_nlink < 2 {
+            return None;
+        }
+        let key = (st.st_dev, st.st_ino);
+        if let Some(first) = self.0.get(&key) {
+            return Some(first.clone());
+        }
+        self.0.insert(key, path.to_vec());
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_are_checked() {
+        assert_eq!(components(b"a/b/c").unwrap(), vec![&b"a"[..], b"b", b"c"]);
+        assert_eq!(components(b"./a/").unwrap(), vec![&b"a"[..]]);
+        assert!(components(b".").unwrap().is_empty());
+        assert!(components(b"./").unwrap().is_empty());
+        for bad in [
+            &b"/etc/passwd"[..],
+            b"../x",
+            b"a/../../x",
+            b"a//b",
+            b"a/./b",
+            b"a\0b",
+        ] {
+            assert!(components(bad).is_err(), "{}", show(bad));
+        }
+    }
+
+    #[test]
+    fn dest_never_writes_through_a_symlink_it_made() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("dst")).unwrap();
+        let root = DirFd::open_root(&t.path().join("dst")).unwrap();
+        let mut d = Dest::new(root, false);
+        let m = Meta {
+            mode: 0o644,
+            ..Default::default()
+        };
+        d.symlink(b"link", outside.path().as_os_str().as_bytes(), &m)
+            .unwrap();
+        let err = d.file(b"link/pwned").unwrap_err();
+        assert!(
+            matches!(err, Error::Fs(safefs::Error::NotADirectory { .. })),
+            "{err}"
+        );
+        // replacing the link by a file unlinks the link, never follows it
+        let f = d.file(b"link").unwrap();
+        d.finish_file(&f, 0, &m, b"link").unwrap();
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+        assert!(matches!(
+            d.special(b"dev", Kind::Char, 0x0103, &m).unwrap_err(),
+            Error::DeviceNode { .. }
+        ));
+        assert!(matches!(
+            d.hardlink(b"h", b"../../etc/passwd").unwrap_err(),
+            Error::UnsafePath { .. }
+        ));
+    }
+
+    #[test]
+    fn copy_sparse_keeps_holes() {
+        let t = tempfile::tempdir().unwrap();
+        let mut data = vec![0u8; 4 << 20];
+        data[0] = 1;
+        data[(4 << 20) - 1] = 2;
+        let mut out = File::create(t.path().join("o")).unwrap();
+        let n = copy_sparse(&mut &data[..], &mut out).unwrap();
+        out.set_len(n).unwrap();
+        let meta = std::fs::metadata(t.path().join("o")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(meta.len(), 4 << 20);
+        assert!(
+            meta.blocks() * 512 < 1 << 20,
+            "holes were filled: {} blocks",
+            meta.blocks()
+        );
+        assert_eq!(std::fs::read(t.path().join("o")).unwrap(), data);
+    }
+}
