@@ -50,6 +50,12 @@ pub struct Config {
     pub inline_servers: Vec<String>,
     /// Mount options added to every NFS stage mount unless the volume sets them.
     pub nfs_default_options: Vec<String>,
+    /// Restoring device nodes from snapshots and clones is refused unless set.
+    pub allow_device_nodes: bool,
+    /// zstd level for snapshots whose class does not set `compressionLevel`.
+    pub snapshot_level: i32,
+    /// zstd worker threads per snapshot (and copy threads per clone).
+    pub snapshot_threads: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +110,9 @@ pub fn test_config(work_dir: PathBuf) -> Config {
         allow_inline: false,
         inline_servers: vec![],
         nfs_default_options: vec![],
+        allow_device_nodes: false,
+        snapshot_level: 3,
+        snapshot_threads: 2,
     }
 }
 

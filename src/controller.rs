@@ -11,11 +11,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use crate::config::Config;
 use crate::csi::v1::{
     self as csi, ControllerServiceCapability, VolumeCapability, VolumeCondition,
     controller_server::Controller, controller_service_capability, volume_capability,
@@ -23,8 +24,11 @@ use crate::csi::v1::{
 use crate::error::to_status;
 use crate::export::{ExportSpec, Exports};
 use crate::inflight::InFlight;
+use crate::jobs::Jobs;
 use crate::offload;
 use crate::safefs::{self, DirFd};
+use crate::snapshot::{self, SnapshotId, State, Store};
+use crate::tree;
 use crate::volume::{self, OnDelete, RESERVED_DIR, RelPath, VolumeId, VolumeRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +45,20 @@ pub enum Error {
     NoAccessMode,
     #[error("capacity range is invalid: {0}")]
     BadRange(String),
-    #[error("volume content source (snapshot or clone) is not supported by this driver version")]
+    #[error("volume content source has no snapshot or volume")]
     ContentSource,
+    #[error("snapshot {0} does not exist")]
+    SnapshotNotFound(String),
+    #[error("snapshot {0} is not ready yet; retry when the VolumeSnapshot is readyToUse")]
+    SnapshotNotReady(String),
+    #[error(
+        "requested capacity {required} bytes is smaller than the source's {source_bytes} bytes"
+    )]
+    TooSmall { required: i64, source_bytes: i64 },
+    #[error("snapshot {name:?} already exists with source volume {existing}")]
+    SnapshotExists { name: String, existing: String },
+    #[error("{0}")]
+    JobFailed(String),
     #[error("volume {0} does not exist")]
     NotFound(String),
     #[error("volume {name:?} already exists and differs: {reason}")]
@@ -53,6 +69,8 @@ pub enum Error {
     BadToken(String),
     #[error("max_entries must not be negative")]
     NegativeMaxEntries,
+    #[error("parameter {name:?}: {reason}")]
+    SnapshotParameter { name: String, reason: String },
     #[error("record {path} is unreadable: {source}")]
     CorruptRecord {
         path: PathBuf,
@@ -64,13 +82,17 @@ pub enum Error {
 pub struct ControllerService {
     exports: Arc<Exports>,
     inflight: InFlight,
+    jobs: Jobs,
+    config: Arc<Config>,
 }
 
 impl ControllerService {
-    pub fn new(exports: Arc<Exports>) -> Self {
+    pub fn new(exports: Arc<Exports>, config: Arc<Config>) -> Self {
         ControllerService {
             exports,
             inflight: InFlight::default(),
+            jobs: Jobs::default(),
+            config,
         }
     }
 }
@@ -269,6 +291,13 @@ fn create_on_export(
             ))
             .into());
         }
+        if existing.content_source != want.content_source {
+            return Err(conflict(format!(
+                "it was created from {:?}, this request gives {:?}",
+                existing.content_source, want.content_source
+            ))
+            .into());
+        }
         if existing.parameters != want.parameters {
             return Err(conflict("it was created with other parameters".into()).into());
         }
@@ -328,6 +357,30 @@ fn delete_on_export(root: &Path, subdir: &RelPath) -> Result<&'static str> {
     Ok(done)
 }
 
+/// Removes a volume whatever its delete policy (one that never became
+/// usable). Blocking.
+fn discard_on_export(root: &Path, subdir: &RelPath) -> Result<()> {
+    let Some(meta) = Meta::open(root, false)? else {
+        return Ok(());
+    };
+    let (parent, leaf) = subdir.split_last();
+    let parent_dir = match &parent {
+        None => Some(DirFd::open_root(meta.root.path())?),
+        Some(p) => meta.root.walk(p)?,
+    };
+    if let Some(dir) = parent_dir {
+        dir.remove_tree(OsStr::new(leaf))?;
+    }
+    if let Some(rec) = meta.record(subdir)? {
+        let name_file = name_file(&rec.name);
+        if meta.names.read_small(&name_file)?.as_deref() == Some(subdir.as_str().as_bytes()) {
+            meta.names.remove_file(&name_file)?;
+        }
+    }
+    meta.volumes.remove_file(&record_file(subdir))?;
+    Ok(())
+}
+
 /// Renames `leaf` to `archived-<leaf>` (or with a time and counter suffix
 /// when taken); never replaces anything.
 fn archive(dir: &DirFd, leaf: &str) -> Result<()> {
@@ -358,15 +411,72 @@ fn archive(dir: &DirFd, leaf: &str) -> Result<()> {
         .into())
 }
 
+/// Where a new volume's content comes from.
+enum From {
+    Snapshot { store_root: PathBuf, key: String },
+    Volume { root: PathBuf, subdir: RelPath },
+}
+
+struct Populate {
+    /// The snapshot or volume id, as requested.
+    id: String,
+    from: From,
+    /// Its size: the snapshot's restore size or the volume's capacity.
+    bytes: i64,
+}
+
+/// Fills the (emptied) directory `subdir` of `root` from `from`, then marks
+/// its record populated. Blocking.
+fn populate_blocking(
+    root: &Path,
+    subdir: &RelPath,
+    from: &From,
+    allow_devices: bool,
+    threads: usize,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<()> {
+    let missing = || Error::NotFound(subdir.as_str().to_string());
+    let dest = DirFd::open_root(root)?.walk(subdir)?.ok_or_else(missing)?;
+    // A previous attempt may have been cut short: start from empty.
+    snapshot::empty_dir(&dest)?;
+    let (files, bytes) = match from {
+        From::Snapshot { store_root, key } => {
+            let store = Store::open(store_root, key, false)?
+                .ok_or_else(|| Error::SnapshotNotFound(key.clone()))?;
+            let manifest = store
+                .manifest()?
+                .ok_or_else(|| Error::SnapshotNotReady(key.clone()))?;
+            snapshot::restore(&store, &manifest, dest, allow_devices, cancel)?
+        }
+        From::Volume {
+            root: src_root,
+            subdir: src,
+        } => {
+            let src_dir = DirFd::open_root(src_root)?
+                .walk(src)?
+                .ok_or_else(|| Error::NotFound(src.as_str().to_string()))?;
+            snapshot::clone_tree(
+                &src_dir,
+                tree::Dest::new(dest, allow_devices),
+                threads,
+                cancel,
+            )?
+        }
+    };
+    let meta = Meta::open(root, false)?.ok_or_else(missing)?;
+    let mut rec = meta.record(subdir)?.ok_or_else(missing)?;
+    rec.populated = true;
+    meta.save(&rec, subdir)?;
+    tracing::info!(subdir = subdir.as_str(), files, bytes, "volume populated");
+    Ok(())
+}
+
 impl ControllerService {
     async fn create(&self, req: csi::CreateVolumeRequest) -> Result<csi::CreateVolumeResponse> {
         if req.name.is_empty() {
             return Err(Error::Missing("name").into());
         }
         let flags = check_caps(&req.volume_capabilities)?;
-        if req.volume_content_source.is_some() {
-            return Err(Error::ContentSource.into());
-        }
         let capacity = range(req.capacity_range.as_ref())?;
         let params = volume::create_params(
             &req.name,
@@ -378,36 +488,176 @@ impl ControllerService {
             export: params.export.clone(),
             subdir: params.subdir.clone(),
         };
+        let source = match &req.volume_content_source {
+            None => None,
+            Some(src) => Some(self.content_source(src, &id, capacity.0).await?),
+        };
         let _guard = self.inflight.acquire(&[
             format!("name:{}", req.name),
             format!("dir:{}/{}", id.export.key(), id.subdir.as_str()),
         ])?;
         let (root, _) = self.exports.ready(&id.export).await?;
         self.exports.remember(&id.export).await?;
+        let requested = if capacity.0 > 0 {
+            capacity.0
+        } else {
+            capacity.1
+        };
         let want = VolumeRecord {
             name: req.name.clone(),
             subdir: id.subdir.as_str().to_string(),
-            capacity_bytes: if capacity.0 > 0 {
-                capacity.0
-            } else {
-                capacity.1
+            capacity_bytes: match &source {
+                Some(s) if requested == 0 => s.bytes,
+                _ => requested,
             },
             on_delete: params.on_delete,
             mount_permissions: params.mount_permissions,
             parameters: req.parameters.into_iter().collect::<BTreeMap<_, _>>(),
             created_unix: now_unix(),
+            content_source: source.as_ref().map(|s| s.id.clone()),
+            populated: source.is_none(),
         };
         let subdir = id.subdir.clone();
+        let dest_root = root.clone();
         let rec = offload::run(
             "create volume directory",
             self.exports.timeouts().fs,
-            move || create_on_export(&root, want, &subdir, capacity),
+            move || create_on_export(&dest_root, want, &subdir, capacity),
         )
         .await??;
+        if !rec.populated
+            && let Some(source) = source
+        {
+            self.populate(&id, root, source).await?;
+        }
         tracing::info!(volume_id = %id, capacity = rec.capacity_bytes, "volume ready");
         Ok(csi::CreateVolumeResponse {
-            volume: Some(to_volume(&id, rec.capacity_bytes)),
+            volume: Some(csi::Volume {
+                content_source: req.volume_content_source,
+                ..to_volume(&id, rec.capacity_bytes)
+            }),
         })
+    }
+
+    /// Checks a CreateVolume content source: it exists, it is ready, and
+    /// the requested capacity holds it.
+    async fn content_source(
+        &self,
+        src: &csi::VolumeContentSource,
+        dest: &VolumeId,
+        required: i64,
+    ) -> Result<Populate> {
+        use csi::volume_content_source::Type;
+        let fs = self.exports.timeouts().fs;
+        let (id, from, bytes) = match &src.r#type {
+            Some(Type::Snapshot(s)) => {
+                let sid = SnapshotId::parse(&s.snapshot_id)
+                    .map_err(|_| Error::SnapshotNotFound(s.snapshot_id.clone()))?;
+                let (root, _) = self.exports.ready(&sid.export).await?;
+                let key = sid.key.clone();
+                let state = offload::run("read snapshot", fs, move || {
+                    Ok::<_, crate::error::Error>(match Store::open(&root, &key, false)? {
+                        None => (State::Absent, root),
+                        Some(store) => (store.state()?, root),
+                    })
+                })
+                .await??;
+                match state {
+                    (State::Ready(m), root) => (
+                        s.snapshot_id.clone(),
+                        From::Snapshot {
+                            store_root: root,
+                            key: sid.key,
+                        },
+                        i64::try_from(m.size_bytes).unwrap_or(i64::MAX),
+                    ),
+                    (State::Pending(_), _) => {
+                        return Err(Error::SnapshotNotReady(s.snapshot_id.clone()).into());
+                    }
+                    (State::Absent, _) => {
+                        return Err(Error::SnapshotNotFound(s.snapshot_id.clone()).into());
+                    }
+                }
+            }
+            Some(Type::Volume(v)) => {
+                let (vid, rec, _) = self.existing(&v.volume_id).await?;
+                if vid.export == dest.export
+                    && (vid.subdir.as_str() == dest.subdir.as_str()
+                        || dest
+                            .subdir
+                            .as_str()
+                            .starts_with(&format!("{}/", vid.subdir.as_str()))
+                        || vid
+                            .subdir
+                            .as_str()
+                            .starts_with(&format!("{}/", dest.subdir.as_str())))
+                {
+                    return Err(Error::BadRange(format!(
+                        "a clone's directory {:?} cannot contain or be inside its source {:?}",
+                        dest.subdir.as_str(),
+                        vid.subdir.as_str()
+                    ))
+                    .into());
+                }
+                let (root, _) = self.exports.ready(&vid.export).await?;
+                (
+                    v.volume_id.clone(),
+                    From::Volume {
+                        root,
+                        subdir: vid.subdir,
+                    },
+                    rec.capacity_bytes,
+                )
+            }
+            None => return Err(Error::ContentSource.into()),
+        };
+        if required > 0 && required < bytes {
+            return Err(Error::TooSmall {
+                required,
+                source_bytes: bytes,
+            }
+            .into());
+        }
+        Ok(Populate { id, from, bytes })
+    }
+
+    /// Restores or copies the source into the new volume, as a job that
+    /// survives a cancelled RPC; a retried CreateVolume joins it.
+    async fn populate(&self, id: &VolumeId, root: PathBuf, source: Populate) -> Result<()> {
+        let key = format!("populate:{id}");
+        let root_of = root.clone();
+        let subdir = id.subdir.clone();
+        let allow_devices = self.config.allow_device_nodes;
+        let threads = self.config.snapshot_threads as usize;
+        let job = self.jobs.start(&key, move |cancel| {
+            populate_blocking(&root, &subdir, &source.from, allow_devices, threads, cancel)
+                .map_err(|e| crate::error::chain(&e))
+        });
+        // Wait as long as the caller does; the job goes on if it gives up.
+        match job.wait(Duration::from_secs(24 * 3600)).await {
+            Some(Ok(())) => {
+                self.jobs.remove(&key);
+                Ok(())
+            }
+            Some(Err(msg)) => {
+                self.jobs.remove(&key);
+                // Leave nothing half-made: the CO got no volume id, so it
+                // could never delete this one.
+                let (root, subdir) = (root_of.clone(), id.subdir.clone());
+                let cleanup =
+                    offload::run("discard volume", self.exports.timeouts().fs, move || {
+                        discard_on_export(&root, &subdir)
+                    })
+                    .await;
+                if let Err(e) | Ok(Err(e)) = cleanup.map_err(crate::error::Error::from) {
+                    tracing::error!(volume_id = %id, error = %e, "cannot discard the failed volume");
+                }
+                Err(Error::JobFailed(format!("populating volume {id}: {msg}")).into())
+            }
+            None => {
+                Err(Error::JobFailed(format!("populating volume {id} is still running")).into())
+            }
+        }
     }
 
     async fn delete(&self, req: csi::DeleteVolumeRequest) -> Result<csi::DeleteVolumeResponse> {
@@ -422,6 +672,11 @@ impl ControllerService {
                 return Ok(csi::DeleteVolumeResponse {});
             }
         };
+        if let Some(job) = self.jobs.get(&format!("populate:{id}")) {
+            // Deleting a volume still being filled: stop the filling first.
+            job.cancel();
+            let _ = job.wait(Duration::from_secs(30)).await;
+        }
         let _guard =
             self.inflight
                 .acquire(&[format!("dir:{}/{}", id.export.key(), id.subdir.as_str())])?;
@@ -435,6 +690,277 @@ impl ControllerService {
         .await??;
         tracing::info!(volume_id = %id, "{done}");
         Ok(csi::DeleteVolumeResponse {})
+    }
+
+    async fn create_snapshot(
+        &self,
+        req: csi::CreateSnapshotRequest,
+    ) -> Result<csi::CreateSnapshotResponse> {
+        if req.name.is_empty() {
+            return Err(Error::Missing("name").into());
+        }
+        if req.source_volume_id.is_empty() {
+            return Err(Error::Missing("source_volume_id").into());
+        }
+        let (storage, level) = snapshot_params(&req.parameters, self.config.snapshot_level)?;
+        let src = VolumeId::parse(&req.source_volume_id)?;
+        let sid = SnapshotId::new(storage.unwrap_or_else(|| src.export.clone()), &req.name);
+        let key = sid.to_string();
+        let _guard = self.inflight.acquire(&[format!("snap:{key}")])?;
+        let (src_root, _) = self.exports.ready(&src.export).await?;
+        let (store_root, _) = self.exports.ready(&sid.export).await?;
+        self.exports.remember(&sid.export).await?;
+        let fs = self.exports.timeouts().fs;
+        let (name, source_id, skey, subdir) = (
+            req.name.clone(),
+            req.source_volume_id.clone(),
+            sid.key.clone(),
+            src.subdir.clone(),
+        );
+        let (sr, st) = (src_root.clone(), store_root.clone());
+        let state = offload::run("start snapshot", fs, move || {
+            let meta = Meta::open(&sr, false)?;
+            let exists = match &meta {
+                Some(m) => m.record(&subdir)?.is_some(),
+                None => false,
+            };
+            if !exists {
+                return Err(Error::NotFound(source_id.clone()).into());
+            }
+            let store =
+                Store::open(&st, &skey, true)?.ok_or(Error::Missing("snapshot directory"))?;
+            let state = store.state()?;
+            let other = match &state {
+                State::Ready(m) => Some(&m.source_volume_id),
+                State::Pending(j) => Some(&j.source_volume_id),
+                State::Absent => None,
+            };
+            if let Some(existing) = other
+                && *existing != source_id
+            {
+                return Err(Error::SnapshotExists {
+                    name,
+                    existing: existing.clone(),
+                }
+                .into());
+            }
+            if let State::Absent = state {
+                let job = snapshot::Job::new(&name, &source_id, level);
+                store.start(&job)?;
+                return Ok::<_, crate::error::Error>(State::Pending(job));
+            }
+            Ok(state)
+        })
+        .await??;
+        let job_meta = match state {
+            State::Ready(m) => {
+                return Ok(csi::CreateSnapshotResponse {
+                    snapshot: Some(snapshot_ready(&sid, &m)),
+                });
+            }
+            State::Pending(j) => j,
+            State::Absent => return Err(Error::Missing("snapshot job").into()),
+        };
+        let threads = self.config.snapshot_threads;
+        let (sr, st, skey, subdir, jm) = (
+            src_root,
+            store_root.clone(),
+            sid.key.clone(),
+            src.subdir.clone(),
+            job_meta.clone(),
+        );
+        let job = self.jobs.start(&key, move |cancel| {
+            let run = || -> Result<snapshot::Manifest> {
+                let src_dir = DirFd::open_root(&sr)?
+                    .walk(&subdir)?
+                    .ok_or_else(|| Error::NotFound(jm.source_volume_id.clone()))?;
+                let store =
+                    Store::open(&st, &skey, false)?.ok_or(Error::Missing("snapshot directory"))?;
+                Ok(snapshot::create_archive(
+                    &src_dir,
+                    &store,
+                    &jm,
+                    snapshot::ArchiveOptions {
+                        level: jm.level,
+                        threads,
+                    },
+                    cancel,
+                )?)
+            };
+            match run() {
+                Ok(m) => {
+                    tracing::info!(
+                        snapshot = %m.name,
+                        bytes = m.size_bytes,
+                        archive_bytes = m.archive_bytes,
+                        files = m.file_count,
+                        "snapshot ready"
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(crate::error::chain(&e)),
+            }
+        });
+        // Small volumes finish at once; larger ones report ready_to_use
+        // false and the sidecar calls again.
+        match job.wait(Duration::from_secs(2)).await {
+            Some(Ok(())) => {
+                self.jobs.remove(&key);
+                let skey = sid.key.clone();
+                let m = offload::run("read manifest", fs, move || {
+                    Ok::<_, crate::error::Error>(
+                        Store::open(&store_root, &skey, false)?
+                            .and_then(|s| s.manifest().transpose()),
+                    )
+                })
+                .await??
+                .transpose()?
+                .ok_or(Error::Missing("snapshot manifest"))?;
+                Ok(csi::CreateSnapshotResponse {
+                    snapshot: Some(snapshot_ready(&sid, &m)),
+                })
+            }
+            Some(Err(msg)) => {
+                self.jobs.remove(&key);
+                Err(Error::JobFailed(format!("snapshot {}: {msg}", req.name)).into())
+            }
+            None => Ok(csi::CreateSnapshotResponse {
+                snapshot: Some(snapshot_pending(&sid, &job_meta)),
+            }),
+        }
+    }
+
+    async fn delete_snapshot(
+        &self,
+        req: csi::DeleteSnapshotRequest,
+    ) -> Result<csi::DeleteSnapshotResponse> {
+        if req.snapshot_id.is_empty() {
+            return Err(Error::Missing("snapshot_id").into());
+        }
+        let Ok(sid) = SnapshotId::parse(&req.snapshot_id) else {
+            return Ok(csi::DeleteSnapshotResponse {});
+        };
+        let key = sid.to_string();
+        let _guard = self.inflight.acquire(&[format!("snap:{key}")])?;
+        if let Some(job) = self.jobs.get(&key) {
+            job.cancel();
+            let _ = job.wait(Duration::from_secs(30)).await;
+            self.jobs.remove(&key);
+        }
+        let (root, _) = self.exports.ready(&sid.export).await?;
+        let skey = sid.key.clone();
+        offload::run("delete snapshot", self.exports.timeouts().fs, move || {
+            if let Some(dir) = Store::snapshots_dir(&root, false)? {
+                dir.remove_tree(OsStr::new(&skey))?;
+            }
+            Ok::<_, crate::error::Error>(())
+        })
+        .await??;
+        tracing::info!(snapshot_id = %key, "snapshot deleted");
+        Ok(csi::DeleteSnapshotResponse {})
+    }
+
+    async fn list_snapshots(
+        &self,
+        req: csi::ListSnapshotsRequest,
+    ) -> Result<csi::ListSnapshotsResponse> {
+        if req.max_entries < 0 {
+            return Err(Error::NegativeMaxEntries.into());
+        }
+        let max = if req.max_entries == 0 {
+            usize::MAX
+        } else {
+            req.max_entries as usize
+        };
+        let fs = self.exports.timeouts().fs;
+        if !req.snapshot_id.is_empty() {
+            let Ok(sid) = SnapshotId::parse(&req.snapshot_id) else {
+                return Ok(csi::ListSnapshotsResponse::default());
+            };
+            let (root, _) = self.exports.ready(&sid.export).await?;
+            let s = sid.clone();
+            let found = offload::run("read snapshot", fs, move || {
+                Ok::<_, crate::error::Error>(match Store::open(&root, &s.key, false)? {
+                    None => None,
+                    Some(store) => match store.state()? {
+                        State::Ready(m) => Some(snapshot_ready(&s, &m)),
+                        State::Pending(j) => Some(snapshot_pending(&s, &j)),
+                        State::Absent => None,
+                    },
+                })
+            })
+            .await??;
+            let entries = found
+                .into_iter()
+                .filter(|s| {
+                    req.source_volume_id.is_empty() || s.source_volume_id == req.source_volume_id
+                })
+                .map(|s| csi::list_snapshots_response::Entry { snapshot: Some(s) })
+                .collect();
+            return Ok(csi::ListSnapshotsResponse {
+                entries,
+                next_token: String::new(),
+            });
+        }
+        let exports = self.exports.known();
+        let (start, after) = if req.starting_token.is_empty() {
+            (0, None)
+        } else {
+            let bad = || Error::BadToken(req.starting_token.clone());
+            let (digest, key) = req.starting_token.split_once('/').ok_or_else(bad)?;
+            let idx = exports
+                .iter()
+                .position(|e| token_digest(e) == digest)
+                .ok_or_else(bad)?;
+            if key.is_empty() || key.contains('/') {
+                return Err(bad().into());
+            }
+            (idx, Some(key.to_string()))
+        };
+        let mut entries = Vec::new();
+        let mut next_token = String::new();
+        for (i, export) in exports.iter().enumerate().skip(start) {
+            let after = if i == start { after.clone() } else { None };
+            let root = match self.exports.ready(export).await {
+                Ok((root, _)) => root,
+                Err(e) => {
+                    tracing::warn!(export = %export.key(), error = %e, "export skipped in ListSnapshots");
+                    continue;
+                }
+            };
+            let (spec, source, want) = (
+                export.clone(),
+                req.source_volume_id.clone(),
+                max - entries.len(),
+            );
+            let (page, more) = offload::run("list snapshots", fs, move || {
+                list_snapshots_on(&root, &spec, &source, after.as_deref(), want)
+            })
+            .await??;
+            entries.extend(
+                page.into_iter()
+                    .map(|s| csi::list_snapshots_response::Entry { snapshot: Some(s) }),
+            );
+            if let Some(last) = more {
+                next_token = format!("{}/{last}", token_digest(export));
+                break;
+            }
+            if entries.len() == max && i + 1 < exports.len() {
+                // Full page at the end of this export: resume after its last entry.
+                if let Some(id) = entries
+                    .last()
+                    .and_then(|e| e.snapshot.as_ref())
+                    .and_then(|s| SnapshotId::parse(&s.snapshot_id).ok())
+                {
+                    next_token = format!("{}/{}", token_digest(export), id.key);
+                }
+                break;
+            }
+        }
+        Ok(csi::ListSnapshotsResponse {
+            entries,
+            next_token,
+        })
     }
 
     /// The record of an existing volume, or NOT_FOUND.
@@ -542,9 +1068,21 @@ impl ControllerService {
                     list_export(&root, &spec, after.as_deref(), want)
                 })
                 .await??;
+            let last_key = page.last().and_then(|e| e.volume.as_ref()).and_then(|v| {
+                VolumeId::parse(&v.volume_id)
+                    .ok()
+                    .map(|id| record_file(&id.subdir))
+            });
             entries.extend(page);
             if let Some(last) = more {
                 next_token = format!("{}/{last}", token_digest(export));
+                break;
+            }
+            if entries.len() == max && i + 1 < exports.len() {
+                // Full page at the end of this export: resume after its last entry.
+                if let Some(last) = last_key {
+                    next_token = format!("{}/{last}", token_digest(export));
+                }
                 break;
             }
         }
@@ -652,6 +1190,127 @@ impl ControllerService {
     }
 }
 
+/// The VolumeSnapshotClass parameters: where archives go (None: on the
+/// source volume's export) and the zstd level.
+fn snapshot_params(
+    params: &HashMap<String, String>,
+    default_level: i32,
+) -> Result<(Option<ExportSpec>, i32)> {
+    let mut keys: Vec<&String> = params.keys().collect();
+    keys.sort();
+    for key in keys {
+        let known = matches!(
+            key.as_str(),
+            "server" | "share" | "mountedShare" | "compressionLevel"
+        ) || key.starts_with("csi.storage.k8s.io/");
+        if !known {
+            return Err(Error::SnapshotParameter {
+                name: key.clone(),
+                reason: "unknown; known: server, share, mountedShare, compressionLevel".into(),
+            }
+            .into());
+        }
+    }
+    let names_export = ["server", "share", "mountedShare"]
+        .iter()
+        .any(|k| params.contains_key(*k));
+    let export = if names_export {
+        Some(volume::export_from_params(params, &[], None)?)
+    } else {
+        None
+    };
+    let level = match params.get("compressionLevel") {
+        None => default_level,
+        Some(v) => v
+            .parse::<i32>()
+            .ok()
+            .filter(|l| (1..=19).contains(l))
+            .ok_or_else(|| Error::SnapshotParameter {
+                name: "compressionLevel".into(),
+                reason: format!("{v:?} is not a zstd level from 1 to 19"),
+            })?,
+    };
+    Ok((export, level))
+}
+
+fn timestamp(secs: i64, nanos: i32) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: secs,
+        nanos,
+    }
+}
+
+fn snapshot_ready(id: &SnapshotId, m: &snapshot::Manifest) -> csi::Snapshot {
+    csi::Snapshot {
+        size_bytes: i64::try_from(m.size_bytes).unwrap_or(i64::MAX),
+        snapshot_id: id.to_string(),
+        source_volume_id: m.source_volume_id.clone(),
+        creation_time: Some(timestamp(m.created_unix, m.created_nanos)),
+        ready_to_use: true,
+        group_snapshot_id: String::new(),
+    }
+}
+
+fn snapshot_pending(id: &SnapshotId, j: &snapshot::Job) -> csi::Snapshot {
+    csi::Snapshot {
+        size_bytes: 0,
+        snapshot_id: id.to_string(),
+        source_volume_id: j.source_volume_id.clone(),
+        creation_time: Some(timestamp(j.created_unix, j.created_nanos)),
+        ready_to_use: false,
+        group_snapshot_id: String::new(),
+    }
+}
+
+/// One export's snapshots after `after`, filtered by source, at most `max`;
+/// the key of the last one returned when more remain. Blocking.
+fn list_snapshots_on(
+    root: &Path,
+    export: &ExportSpec,
+    source: &str,
+    after: Option<&str>,
+    max: usize,
+) -> Result<(Vec<csi::Snapshot>, Option<String>)> {
+    let Some(dir) = Store::snapshots_dir(root, false)? else {
+        return Ok((vec![], None));
+    };
+    let mut out = Vec::new();
+    let mut last = None;
+    for name in dir.list()? {
+        let Ok(key) = name.into_string() else {
+            continue;
+        };
+        if key.starts_with('.') || after.is_some_and(|a| key.as_str() <= a) {
+            continue;
+        }
+        let Some(store) = Store::open(root, &key, false)? else {
+            continue;
+        };
+        let id = SnapshotId {
+            export: export.clone(),
+            key: key.clone(),
+        };
+        let snap = match store.state() {
+            Ok(State::Ready(m)) => snapshot_ready(&id, &m),
+            Ok(State::Pending(j)) => snapshot_pending(&id, &j),
+            Ok(State::Absent) => continue,
+            Err(e) => {
+                tracing::warn!(snapshot = %key, error = %e, "unreadable snapshot skipped");
+                continue;
+            }
+        };
+        if !source.is_empty() && snap.source_volume_id != source {
+            continue;
+        }
+        if out.len() == max {
+            return Ok((out, last));
+        }
+        out.push(snap);
+        last = Some(key);
+    }
+    Ok((out, None))
+}
+
 fn token_digest(export: &ExportSpec) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(&Sha256::digest(export.key().as_bytes())[..8])
@@ -677,9 +1336,10 @@ fn list_export(
         .filter(|n| after.is_none_or(|a| n.as_str() > a))
         .collect();
     let mut entries = Vec::new();
-    for (i, file) in files.iter().enumerate() {
+    let mut last: Option<&String> = None;
+    for file in &files {
         if entries.len() == max {
-            return Ok((entries, files.get(i - 1).cloned()));
+            return Ok((entries, last.cloned()));
         }
         let Some(bytes) = meta.volumes.read_small(file)? else {
             continue;
@@ -706,6 +1366,7 @@ fn list_export(
                 volume_condition: Some(condition),
             }),
         });
+        last = Some(file);
     }
     Ok((entries, None))
 }
@@ -774,6 +1435,9 @@ impl Controller for ControllerService {
             Type::GetVolume,
             Type::VolumeCondition,
             Type::SingleNodeMultiWriter,
+            Type::CreateDeleteSnapshot,
+            Type::ListSnapshots,
+            Type::CloneVolume,
         ]
         .into_iter()
         .map(capability)
@@ -781,6 +1445,30 @@ impl Controller for ControllerService {
         Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
             capabilities,
         }))
+    }
+
+    #[instrument(skip_all, fields(name = %request.get_ref().name, source = %request.get_ref().source_volume_id))]
+    async fn create_snapshot(
+        &self,
+        request: Request<csi::CreateSnapshotRequest>,
+    ) -> std::result::Result<Response<csi::CreateSnapshotResponse>, Status> {
+        reply(ControllerService::create_snapshot(self, request.into_inner()).await)
+    }
+
+    #[instrument(skip_all, fields(snapshot_id = %request.get_ref().snapshot_id))]
+    async fn delete_snapshot(
+        &self,
+        request: Request<csi::DeleteSnapshotRequest>,
+    ) -> std::result::Result<Response<csi::DeleteSnapshotResponse>, Status> {
+        reply(ControllerService::delete_snapshot(self, request.into_inner()).await)
+    }
+
+    #[instrument(skip_all, fields(snapshot_id = %request.get_ref().snapshot_id, source = %request.get_ref().source_volume_id))]
+    async fn list_snapshots(
+        &self,
+        request: Request<csi::ListSnapshotsRequest>,
+    ) -> std::result::Result<Response<csi::ListSnapshotsResponse>, Status> {
+        reply(ControllerService::list_snapshots(self, request.into_inner()).await)
     }
 
     #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
@@ -813,6 +1501,8 @@ mod tests {
             mount_permissions: None,
             parameters: BTreeMap::new(),
             created_unix: 1,
+            content_source: None,
+            populated: true,
         }
     }
 

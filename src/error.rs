@@ -4,7 +4,9 @@
 use nix::errno::Errno;
 use tonic::{Code, Status};
 
-use crate::{command, controller, export, inflight, mount, node, offload, safefs, volume};
+use crate::{
+    command, controller, export, inflight, mount, node, offload, safefs, snapshot, tree, volume,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -24,6 +26,26 @@ pub enum Error {
     Controller(#[from] controller::Error),
     #[error(transparent)]
     Node(#[from] node::Error),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::Error),
+    #[error(transparent)]
+    Tree(#[from] tree::Error),
+}
+
+fn tree_code(e: &tree::Error) -> Code {
+    match e {
+        tree::Error::Fs(e) => fs_code(e),
+        tree::Error::Io { source, .. } => errno_code(*source),
+        tree::Error::Stream { source, .. } => source
+            .raw_os_error()
+            .map(|n| errno_code(Errno::from_raw(n)))
+            .unwrap_or(Code::Internal),
+        tree::Error::UnsafePath { .. }
+        | tree::Error::DeviceNode { .. }
+        | tree::Error::Conflict { .. }
+        | tree::Error::BadLink { .. } => Code::FailedPrecondition,
+        tree::Error::Cancelled => Code::Aborted,
+    }
 }
 
 fn errno_code(e: Errno) -> Code {
@@ -47,6 +69,16 @@ fn mount_code(e: &mount::Error) -> Code {
     }
 }
 
+fn fs_code(e: &safefs::Error) -> Code {
+    match e {
+        safefs::Error::NotADirectory { .. } | safefs::Error::CrossesMount { .. } => {
+            Code::FailedPrecondition
+        }
+        safefs::Error::Io { source, .. } => errno_code(*source),
+        safefs::Error::TooLarge { .. } => Code::Internal,
+    }
+}
+
 /// The gRPC code for an error.
 pub fn code(err: &Error) -> Code {
     use controller::Error as C;
@@ -54,11 +86,7 @@ pub fn code(err: &Error) -> Code {
     match err {
         Error::Volume(volume::Error::InvalidId { .. }) => Code::NotFound,
         Error::Volume(_) => Code::InvalidArgument,
-        Error::Fs(safefs::Error::NotADirectory { .. } | safefs::Error::CrossesMount { .. }) => {
-            Code::FailedPrecondition
-        }
-        Error::Fs(safefs::Error::Io { source, .. }) => errno_code(*source),
-        Error::Fs(safefs::Error::TooLarge { .. }) => Code::Internal,
+        Error::Fs(e) => fs_code(e),
         Error::Mount(e) => mount_code(e),
         Error::Export(export::Error::NotResponding { .. }) => Code::Unavailable,
         Error::Export(export::Error::Missing { .. }) => Code::FailedPrecondition,
@@ -75,7 +103,12 @@ pub fn code(err: &Error) -> Code {
             | C::BadRange(_)
             | C::ContentSource
             | C::NegativeMaxEntries => Code::InvalidArgument,
-            C::NotFound(_) => Code::NotFound,
+            C::NotFound(_) | C::SnapshotNotFound(_) => Code::NotFound,
+            C::SnapshotNotReady(_) => Code::Unavailable,
+            C::TooSmall { .. } => Code::OutOfRange,
+            C::SnapshotExists { .. } => Code::AlreadyExists,
+            C::JobFailed(_) => Code::Internal,
+            C::SnapshotParameter { .. } => Code::InvalidArgument,
             C::AlreadyExists { .. } => Code::AlreadyExists,
             C::BadToken(_) => Code::Aborted,
             C::CorruptRecord { .. } => Code::Internal,
@@ -92,6 +125,14 @@ pub fn code(err: &Error) -> Code {
             N::NotMounted { .. } => Code::NotFound,
             N::NotEmpty { .. } | N::NotReadOnly { .. } => Code::Internal,
         },
+        Error::Snapshot(e) => match e {
+            snapshot::Error::InvalidId { .. } => Code::NotFound,
+            snapshot::Error::Checksum { .. } => Code::DataLoss,
+            snapshot::Error::Tree(t) => tree_code(t),
+            snapshot::Error::Fs(f) => fs_code(f),
+            snapshot::Error::Io { .. } | snapshot::Error::BadJson(..) => Code::Internal,
+        },
+        Error::Tree(t) => tree_code(t),
     }
 }
 
@@ -108,7 +149,7 @@ pub fn to_status(err: impl Into<Error>) -> Status {
 }
 
 /// The error and its sources, joined.
-fn chain(err: &dyn std::error::Error) -> String {
+pub fn chain(err: &dyn std::error::Error) -> String {
     let mut s = err.to_string();
     let mut cur = err.source();
     while let Some(e) = cur {

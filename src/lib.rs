@@ -11,6 +11,7 @@ pub mod error;
 pub mod export;
 pub mod identity;
 pub mod inflight;
+pub mod jobs;
 pub mod mount;
 pub mod node;
 pub mod offload;

@@ -76,6 +76,17 @@ struct ServeArgs {
     /// Default NFS mount options for node mounts (comma-separated).
     #[arg(long, env = "NFS_MOUNT_OPTIONS", value_delimiter = ',')]
     nfs_mount_options: Vec<String>,
+    /// Restore device nodes found in snapshots and clone sources.
+    #[arg(long, env = "ALLOW_DEVICE_NODES")]
+    allow_device_nodes: bool,
+    /// zstd level of snapshot archives (1-19; a VolumeSnapshotClass may set
+    /// compressionLevel).
+    #[arg(long, env = "SNAPSHOT_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    snapshot_level: i32,
+    /// Threads per snapshot (zstd workers) and per clone (copy workers);
+    /// default: the number of CPUs.
+    #[arg(long, env = "SNAPSHOT_THREADS")]
+    snapshot_threads: Option<u32>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -119,6 +130,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         allow_inline: args.allow_inline,
         inline_servers: args.inline_servers,
         nfs_default_options: args.nfs_mount_options,
+        allow_device_nodes: args.allow_device_nodes,
+        snapshot_level: args.snapshot_level,
+        snapshot_threads: args
+            .snapshot_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32))
+            .max(1),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

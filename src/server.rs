@@ -115,9 +115,10 @@ pub async fn serve(
                 mount: config.mount_timeout,
             },
         )?;
-        router = router.add_service(ControllerServer::new(ControllerService::new(Arc::new(
-            exports,
-        ))));
+        router = router.add_service(ControllerServer::new(ControllerService::new(
+            Arc::new(exports),
+            config.clone(),
+        )));
     }
     if config.mode.node() {
         router = router.add_service(NodeServer::new(NodeService::new(

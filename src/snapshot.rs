@@ -477,6 +477,7 @@ pub fn restore(
     manifest: &Manifest,
     dest: DirFd,
     allow_devices: bool,
+    cancel: &AtomicBool,
 ) -> Result<(u64, u64)> {
     let path = store.dir.path().join(ARCHIVE);
     let fd = openat(
@@ -496,7 +497,7 @@ pub fn restore(
     let root = dest.try_clone()?;
     let mut decoder =
         zstd::stream::read::Decoder::with_buffer(BufReader::new(reader)).map_err(ioe("zstd"))?;
-    let out = extract(&mut decoder, Dest::new(dest, allow_devices));
+    let out = extract(&mut decoder, Dest::new(dest, allow_devices), cancel);
     // Hash the rest (tar padding, zstd epilogue) before comparing.
     let _ = std::io::copy(&mut decoder, &mut std::io::sink());
     let mut reader = decoder.finish().into_inner();
@@ -522,9 +523,12 @@ pub fn empty_dir(dir: &DirFd) -> Result<()> {
 }
 
 /// Extracts a tar stream into `dest`, treating it as hostile. Blocking.
-pub fn extract(src: &mut dyn Read, mut dest: Dest) -> Result<(u64, u64)> {
+pub fn extract(src: &mut dyn Read, mut dest: Dest, cancel: &AtomicBool) -> Result<(u64, u64)> {
     let mut archive = tar::Archive::new(src);
     for entry in archive.entries().map_err(ioe("read archive"))? {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(tree::Error::Cancelled.into());
+        }
         let mut entry = entry.map_err(ioe("read archive"))?;
         let path = entry.path_bytes().into_owned();
         let h = entry.header();
@@ -959,7 +963,14 @@ mod tests {
         // restore
         let dst = t.path().join("dst");
         std::fs::create_dir_all(&dst).unwrap();
-        restore(&store, &m, DirFd::open_root(&dst).unwrap(), false).unwrap();
+        restore(
+            &store,
+            &m,
+            DirFd::open_root(&dst).unwrap(),
+            false,
+            &AtomicBool::new(false),
+        )
+        .unwrap();
         assert_same_tree(&src, &dst);
         // a standard archive: GNU tar lists it
         let out = std::process::Command::new("tar")
@@ -1001,7 +1012,14 @@ mod tests {
         m.sha256 = "00".repeat(32);
         let dst = t.path().join("dst");
         std::fs::create_dir_all(&dst).unwrap();
-        let err = restore(&store, &m, DirFd::open_root(&dst).unwrap(), false).unwrap_err();
+        let err = restore(
+            &store,
+            &m,
+            DirFd::open_root(&dst).unwrap(),
+            false,
+            &AtomicBool::new(false),
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::Checksum { .. }), "{err}");
         assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 0);
     }

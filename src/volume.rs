@@ -431,6 +431,16 @@ pub struct VolumeRecord {
     pub mount_permissions: Option<u32>,
     pub parameters: BTreeMap<String, String>,
     pub created_unix: u64,
+    /// The snapshot or volume id this volume was created from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_source: Option<String>,
+    /// False while the content is being restored or copied in.
+    #[serde(default = "yes")]
+    pub populated: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Validates an absolute path from a request or flag: absolute, no `.`,
