@@ -56,6 +56,8 @@ pub struct Config {
     pub snapshot_level: i32,
     /// zstd worker threads per snapshot (and copy threads per clone).
     pub snapshot_threads: u32,
+    /// Where to serve Prometheus metrics; off when None.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +115,7 @@ pub fn test_config(work_dir: PathBuf) -> Config {
         allow_device_nodes: false,
         snapshot_level: 3,
         snapshot_threads: 2,
+        metrics_address: None,
     }
 }
 

@@ -21,7 +21,7 @@ use crate::csi::v1::{
     self as csi, ControllerServiceCapability, VolumeCapability, VolumeCondition,
     controller_server::Controller, controller_service_capability, volume_capability,
 };
-use crate::error::to_status;
+use crate::error::respond;
 use crate::export::{ExportSpec, Exports};
 use crate::inflight::InFlight;
 use crate::jobs::Jobs;
@@ -98,10 +98,6 @@ impl ControllerService {
 }
 
 type Result<T> = std::result::Result<T, crate::error::Error>;
-
-fn reply<T>(r: Result<T>) -> std::result::Result<Response<T>, Status> {
-    r.map(Response::new).map_err(to_status)
-}
 
 /// Checks capabilities: all mount (no block), each with an access mode.
 /// Returns the mount flags they carry.
@@ -630,8 +626,14 @@ impl ControllerService {
         let allow_devices = self.config.allow_device_nodes;
         let threads = self.config.snapshot_threads as usize;
         let job = self.jobs.start(&key, move |cancel| {
-            populate_blocking(&root, &subdir, &source.from, allow_devices, threads, cancel)
-                .map_err(|e| crate::error::chain(&e))
+            let res =
+                populate_blocking(&root, &subdir, &source.from, allow_devices, threads, cancel);
+            let m = crate::metrics::get();
+            match source.from {
+                From::Snapshot { .. } => crate::metrics::outcome(&m.restores, &res),
+                From::Volume { .. } => crate::metrics::outcome(&m.clones, &res),
+            }
+            res.map_err(|e| crate::error::chain(&e))
         });
         // Wait as long as the caller does; the job goes on if it gives up.
         match job.wait(Duration::from_secs(24 * 3600)).await {
@@ -787,13 +789,23 @@ impl ControllerService {
                     cancel,
                 )?)
             };
+            let start = std::time::Instant::now();
             match run() {
                 Ok(m) => {
+                    let secs = start.elapsed().as_secs_f64();
+                    let metrics = crate::metrics::get();
+                    metrics.snapshot_bytes.inc_by(m.size_bytes);
+                    metrics.snapshot_archive_bytes.inc_by(m.archive_bytes);
+                    metrics.snapshot_seconds.observe(secs);
+                    metrics
+                        .snapshot_throughput
+                        .set(m.size_bytes as f64 / secs.max(1e-6));
                     tracing::info!(
                         snapshot = %m.name,
                         bytes = m.size_bytes,
                         archive_bytes = m.archive_bytes,
                         files = m.file_count,
+                        seconds = secs,
                         "snapshot ready"
                     );
                     Ok(())
@@ -1386,7 +1398,7 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::CreateVolumeRequest>,
     ) -> std::result::Result<Response<csi::CreateVolumeResponse>, Status> {
-        reply(self.create(request.into_inner()).await)
+        respond(self.create(request.into_inner())).await
     }
 
     #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
@@ -1394,7 +1406,7 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::DeleteVolumeRequest>,
     ) -> std::result::Result<Response<csi::DeleteVolumeResponse>, Status> {
-        reply(self.delete(request.into_inner()).await)
+        respond(self.delete(request.into_inner())).await
     }
 
     #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
@@ -1402,7 +1414,7 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::ValidateVolumeCapabilitiesRequest>,
     ) -> std::result::Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
-        reply(self.validate(request.into_inner()).await)
+        respond(self.validate(request.into_inner())).await
     }
 
     #[instrument(skip_all, fields(token = %request.get_ref().starting_token))]
@@ -1410,7 +1422,7 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::ListVolumesRequest>,
     ) -> std::result::Result<Response<csi::ListVolumesResponse>, Status> {
-        reply(self.list(request.into_inner()).await)
+        respond(self.list(request.into_inner())).await
     }
 
     #[instrument(skip_all)]
@@ -1418,7 +1430,7 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::GetCapacityRequest>,
     ) -> std::result::Result<Response<csi::GetCapacityResponse>, Status> {
-        reply(self.capacity(request.into_inner()).await)
+        respond(self.capacity(request.into_inner())).await
     }
 
     #[instrument(skip_all)]
@@ -1452,7 +1464,11 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::CreateSnapshotRequest>,
     ) -> std::result::Result<Response<csi::CreateSnapshotResponse>, Status> {
-        reply(ControllerService::create_snapshot(self, request.into_inner()).await)
+        respond(ControllerService::create_snapshot(
+            self,
+            request.into_inner(),
+        ))
+        .await
     }
 
     #[instrument(skip_all, fields(snapshot_id = %request.get_ref().snapshot_id))]
@@ -1460,7 +1476,11 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::DeleteSnapshotRequest>,
     ) -> std::result::Result<Response<csi::DeleteSnapshotResponse>, Status> {
-        reply(ControllerService::delete_snapshot(self, request.into_inner()).await)
+        respond(ControllerService::delete_snapshot(
+            self,
+            request.into_inner(),
+        ))
+        .await
     }
 
     #[instrument(skip_all, fields(snapshot_id = %request.get_ref().snapshot_id, source = %request.get_ref().source_volume_id))]
@@ -1468,7 +1488,11 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::ListSnapshotsRequest>,
     ) -> std::result::Result<Response<csi::ListSnapshotsResponse>, Status> {
-        reply(ControllerService::list_snapshots(self, request.into_inner()).await)
+        respond(ControllerService::list_snapshots(
+            self,
+            request.into_inner(),
+        ))
+        .await
     }
 
     #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
@@ -1476,7 +1500,7 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::ControllerExpandVolumeRequest>,
     ) -> std::result::Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
-        reply(self.expand(request.into_inner()).await)
+        respond(self.expand(request.into_inner())).await
     }
 
     #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
@@ -1484,7 +1508,7 @@ impl Controller for ControllerService {
         &self,
         request: Request<csi::ControllerGetVolumeRequest>,
     ) -> std::result::Result<Response<csi::ControllerGetVolumeResponse>, Status> {
-        reply(self.get(request.into_inner()).await)
+        respond(self.get(request.into_inner())).await
     }
 }
 

@@ -136,16 +136,54 @@ pub fn code(err: &Error) -> Code {
     }
 }
 
+/// Awaits an RPC's work and turns its result into the reply, logging one
+/// line with the result code and the duration (inside the RPC's span, so
+/// with its method and volume or snapshot id).
+pub async fn respond<T, E: Into<Error>>(
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<tonic::Response<T>, Status> {
+    let start = std::time::Instant::now();
+    let out = work.await;
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    match out {
+        Ok(v) => {
+            tracing::info!(code = "Ok", ms, "done");
+            Ok(tonic::Response::new(v))
+        }
+        Err(e) => {
+            let status = to_status(e);
+            tracing::info!(code = ?status.code(), ms, "done");
+            Err(status)
+        }
+    }
+}
+
 /// Turns an error into the Status the client sees, logging it once.
 pub fn to_status(err: impl Into<Error>) -> Status {
     let err = err.into();
     let code = code(&err);
+    crate::metrics::error(kind(&err));
     let message = chain(&err);
     match code {
         Code::Internal | Code::Unavailable => tracing::error!(code = ?code, "{message}"),
         _ => tracing::warn!(code = ?code, "{message}"),
     }
     Status::new(code, message)
+}
+
+/// The module an error comes from, for the errors metric.
+fn kind(err: &Error) -> &'static str {
+    match err {
+        Error::Volume(_) => "request",
+        Error::Fs(_) | Error::Tree(_) => "filesystem",
+        Error::Mount(_) => "mount",
+        Error::Export(_) => "export",
+        Error::Offload(_) => "timeout",
+        Error::Busy(_) => "busy",
+        Error::Controller(_) => "controller",
+        Error::Node(_) => "node",
+        Error::Snapshot(_) => "snapshot",
+    }
 }
 
 /// The error and its sources, joined.

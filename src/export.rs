@@ -293,6 +293,13 @@ impl Exports {
     /// The export's root directory on this host, mounted and answering,
     /// with its space figures.
     pub async fn ready(&self, spec: &ExportSpec) -> Result<(PathBuf, FsStats), Error> {
+        let res = self.ready_inner(spec).await;
+        let mounted = matches!(spec, ExportSpec::Nfs { .. }).then_some(res.is_ok());
+        crate::metrics::export_state(&spec.key(), mounted, res.is_ok());
+        res
+    }
+
+    async fn ready_inner(&self, spec: &ExportSpec) -> Result<(PathBuf, FsStats), Error> {
         match spec {
             ExportSpec::Mounted { root } => {
                 let stats = self

@@ -3,15 +3,18 @@
 //! host). See docs/architecture.md for how a request flows through these
 //! modules.
 
+pub mod client;
 pub mod command;
 pub mod config;
 pub mod controller;
+pub mod crds;
 pub mod csi;
 pub mod error;
 pub mod export;
 pub mod identity;
 pub mod inflight;
 pub mod jobs;
+pub mod metrics;
 pub mod mount;
 pub mod node;
 pub mod offload;

@@ -28,10 +28,24 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once at startup: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the CSI gRPC services on a Unix socket.
     Serve(ServeArgs),
+    /// Print the snapshot.storage.k8s.io CustomResourceDefinitions as YAML.
+    Crds(CrdsArgs),
+    /// Call one CSI RPC of a running driver and print the response as JSON.
+    Call(nfs_csi::client::CallArgs),
+}
+
+#[derive(clap::Args)]
+struct CrdsArgs {
+    /// Write one file per CRD into this directory (e.g. snapshot-crds)
+    /// instead of printing them.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -87,6 +101,9 @@ struct ServeArgs {
     /// default: the number of CPUs.
     #[arg(long, env = "SNAPSHOT_THREADS")]
     snapshot_threads: Option<u32>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (off by default).
+    #[arg(long, env = "METRICS_ADDRESS")]
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -94,6 +111,20 @@ fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Crds(args) => crds(args),
+        Command::Call(args) => std::process::exit(nfs_csi::client::run(args)),
+    }
+}
+
+fn crds(args: CrdsArgs) -> anyhow::Result<()> {
+    match args.output_dir {
+        Some(dir) => nfs_csi::crds::write_dir(&dir).with_context(|| format!("{}", dir.display())),
+        None => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(nfs_csi::crds::all_yaml().as_bytes())
+                .context("stdout")
+        }
     }
 }
 
@@ -136,6 +167,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .snapshot_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32))
             .max(1),
+        metrics_address: args.metrics_address,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -29,7 +29,7 @@ use crate::csi::v1::{
     self as csi, NodeServiceCapability, VolumeCapability, VolumeCondition, node_server::Node,
     node_service_capability, volume_capability,
 };
-use crate::error::{Error as DriverError, to_status};
+use crate::error::{Error as DriverError, respond};
 use crate::export::ExportSpec;
 use crate::inflight::InFlight;
 use crate::mount::{self, MountEntry, Mounter};
@@ -71,10 +71,6 @@ pub enum Error {
 }
 
 type Result<T> = std::result::Result<T, DriverError>;
-
-fn reply<T>(r: Result<T>) -> std::result::Result<Response<T>, Status> {
-    r.map(Response::new).map_err(to_status)
-}
 
 pub struct NodeService {
     config: Arc<Config>,
@@ -162,15 +158,35 @@ impl NodeService {
         }
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let flags = mount_flags(req.volume_capability.as_ref())?;
-        let id = VolumeId::parse(&req.volume_id)?;
-        let source = match &id.export {
-            ExportSpec::Nfs { options, .. } => Source::Nfs {
-                source: id.export.nfs_source(Some(&id.subdir)).unwrap_or_default(),
-                options: self.nfs_options(&[&flags, options]),
+        let ctx = &req.volume_context;
+        let ctx_options: Vec<String> = ctx
+            .get("mountOptions")
+            .map(|o| vec![o.clone()])
+            .unwrap_or_default();
+        let source = match VolumeId::parse(&req.volume_id) {
+            Ok(id) => match &id.export {
+                ExportSpec::Nfs { options, .. } => Source::Nfs {
+                    source: id.export.nfs_source(Some(&id.subdir)).unwrap_or_default(),
+                    options: self.nfs_options(&[&flags, &ctx_options, options]),
+                },
+                ExportSpec::Mounted { root } => Source::Dir {
+                    root: root.clone(),
+                    subdir: id.subdir.clone(),
+                },
             },
-            ExportSpec::Mounted { root } => Source::Dir {
-                root: root.clone(),
-                subdir: id.subdir.clone(),
+            // A statically provisioned PV (written by the admin) names its
+            // export in volumeAttributes instead of in its handle.
+            Err(e) => match (ctx.get("server"), ctx.get("share")) {
+                (Some(server), Some(share)) => {
+                    let options = self.nfs_options(&[&flags, &ctx_options]);
+                    let export = ExportSpec::nfs(server, share, &options)?;
+                    let subdir = ctx.get("subDir").map(|s| RelPath::parse(s)).transpose()?;
+                    Source::Nfs {
+                        source: export.nfs_source(subdir.as_ref()).unwrap_or_default(),
+                        options,
+                    }
+                }
+                _ => return Err(e.into()),
             },
         };
         let _guard = self
@@ -602,7 +618,7 @@ impl Node for NodeService {
         &self,
         request: Request<csi::NodeStageVolumeRequest>,
     ) -> std::result::Result<Response<csi::NodeStageVolumeResponse>, Status> {
-        reply(self.stage(request.into_inner()).await)
+        respond(self.stage(request.into_inner())).await
     }
 
     #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
@@ -610,7 +626,7 @@ impl Node for NodeService {
         &self,
         request: Request<csi::NodeUnstageVolumeRequest>,
     ) -> std::result::Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
-        reply(self.unstage(request.into_inner()).await)
+        respond(self.unstage(request.into_inner())).await
     }
 
     #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
@@ -618,7 +634,7 @@ impl Node for NodeService {
         &self,
         request: Request<csi::NodePublishVolumeRequest>,
     ) -> std::result::Result<Response<csi::NodePublishVolumeResponse>, Status> {
-        reply(self.publish(request.into_inner()).await)
+        respond(self.publish(request.into_inner())).await
     }
 
     #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
@@ -626,7 +642,7 @@ impl Node for NodeService {
         &self,
         request: Request<csi::NodeUnpublishVolumeRequest>,
     ) -> std::result::Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
-        reply(self.unpublish(request.into_inner()).await)
+        respond(self.unpublish(request.into_inner())).await
     }
 
     #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
@@ -634,7 +650,7 @@ impl Node for NodeService {
         &self,
         request: Request<csi::NodeGetVolumeStatsRequest>,
     ) -> std::result::Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
-        reply(self.stats(request.into_inner()).await)
+        respond(self.stats(request.into_inner())).await
     }
 
     #[instrument(skip_all)]
@@ -673,6 +689,7 @@ impl Node for NodeService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::to_status;
     use crate::mount::FakeMounter;
 
     fn service(allow_inline: bool) -> (NodeService, Arc<FakeMounter>, tempfile::TempDir) {
@@ -729,6 +746,44 @@ mod tests {
         let err = to_status(svc.stage(other).await.unwrap_err());
         assert_eq!(err.code(), tonic::Code::AlreadyExists);
         assert_eq!(fake.mounts().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn static_pv_uses_volume_attributes_and_their_mount_options() {
+        let (svc, fake, t) = service(false);
+        let staging = t.path().join("plugins/s/globalmount");
+        let mut req = csi::NodeStageVolumeRequest {
+            volume_id: "any-handle-the-admin-chose".into(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: mount_cap(&[]),
+            ..Default::default()
+        };
+        req.volume_context = [
+            ("server".to_string(), "nfs.example".to_string()),
+            ("share".to_string(), "/exports".to_string()),
+            ("subDir".to_string(), "team/data".to_string()),
+            ("mountOptions".to_string(), "nfsvers=3,nolock".to_string()),
+        ]
+        .into();
+        svc.stage(req.clone()).await.unwrap();
+        assert_eq!(
+            fake.calls(),
+            vec![format!(
+                "mount_nfs nfs.example:/exports/team/data {} nfsvers=3,nolock,hard",
+                staging.display()
+            )]
+        );
+        req.volume_context
+            .insert("subDir".into(), "../../etc".into());
+        req.staging_target_path = t
+            .path()
+            .join("plugins/s2/globalmount")
+            .display()
+            .to_string();
+        assert_eq!(
+            to_status(svc.stage(req).await.unwrap_err()).code(),
+            tonic::Code::InvalidArgument
+        );
     }
 
     #[tokio::test]

@@ -102,8 +102,18 @@ pub async fn serve(
         command_timeout: config.mount_timeout,
     });
 
+    if let Some(addr) = config.metrics_address {
+        let local = crate::metrics::serve(addr)
+            .await
+            .map_err(|source| Error::Io {
+                path: PathBuf::from(addr.to_string()),
+                source,
+            })?;
+        tracing::info!(address = %local, "serving metrics at /metrics");
+    }
     let mut router = Server::builder()
         .timeout(Duration::from_secs(600))
+        .layer(crate::metrics::Layer)
         .add_service(IdentityServer::new(IdentityService::new(config.clone())));
     if config.mode.controller() {
         let exports = Exports::open(

@@ -39,6 +39,8 @@ pub const ARCHIVE: &str = "archive.tar.zst";
 pub const MANIFEST: &str = "manifest.json";
 pub const JOB: &str = "job.json";
 const ID_TAG: &str = "s1";
+/// Bytes of input per zstd worker job.
+const JOB_SIZE: u32 = 2 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -431,6 +433,9 @@ pub fn create_archive(
             zstd::stream::write::Encoder::new(hashing, opts.level).map_err(ioe("zstd"))?;
         if opts.threads > 1 {
             enc.multithread(opts.threads).map_err(ioe("zstd threads"))?;
+            // Bounded jobs keep memory flat whatever the level's window.
+            enc.set_parameter(zstd::stream::raw::CParameter::JobSize(JOB_SIZE))
+                .map_err(ioe("zstd job size"))?;
         }
         let (size, count, enc) = write_tar(src, enc, cancel)?;
         let hashing = enc.finish().map_err(ioe("zstd finish"))?;

@@ -336,7 +336,10 @@ async fn clone_copies_the_volume_faithfully() {
     std::fs::write(root.join("clone/small"), b"changed").unwrap();
     assert_eq!(std::fs::read(root.join("src/small")).unwrap(), b"small");
     // ...while the clone's own hard link follows its twin
-    assert_eq!(std::fs::read(root.join("clone/dir/hard")).unwrap(), b"changed");
+    assert_eq!(
+        std::fs::read(root.join("clone/dir/hard")).unwrap(),
+        b"changed"
+    );
     // a clone inside its source is refused
     let mut req = create_req("nested", 0, ms(&root));
     req.parameters.insert("subDir".into(), "src/nested".into());

@@ -28,6 +28,7 @@ pub struct Driver {
     pub socket: PathBuf,
     pub work_dir: PathBuf,
     args: Vec<String>,
+    node_id: String,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -36,10 +37,17 @@ impl Driver {
     /// Starts `nfs-csi serve` with a socket and work dir under `dir` and
     /// the extra `args`; waits until it answers.
     pub async fn start(dir: &Path, args: &[&str]) -> Driver {
+        Driver::start_node(dir, "node-1", args).await
+    }
+
+    /// Like [`Driver::start`], with `--node-id node_id` (to simulate
+    /// several nodes).
+    pub async fn start_node(dir: &Path, node_id: &str, args: &[&str]) -> Driver {
         let mut d = Driver {
             socket: dir.join("csi.sock"),
             work_dir: dir.join("work"),
             args: args.iter().map(|s| s.to_string()).collect(),
+            node_id: node_id.to_string(),
             child: None,
             log: dir.join("driver.log"),
         };
@@ -58,11 +66,16 @@ impl Driver {
             .arg("--endpoint")
             .arg(format!("unix://{}", self.socket.display()))
             .arg("--node-id")
-            .arg("node-1")
+            .arg(&self.node_id)
             .arg("--work-dir")
             .arg(&self.work_dir)
             .args(&self.args)
-            .env("RUST_LOG", "debug")
+            // NFS_CSI_TEST_LOG lets a test (in its own process, as nextest
+            // runs them) ask for more.
+            .env(
+                "RUST_LOG",
+                std::env::var("NFS_CSI_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -89,6 +102,11 @@ impl Driver {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The driver's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
     pub fn log_text(&self) -> String {

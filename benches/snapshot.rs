@@ -1,0 +1,389 @@
+//! Snapshot, restore and clone throughput of the real driver (through its
+//! socket), side by side with what the leading NFS driver does (`tar -czf`,
+//! `tar -xzf`), an uncompressed `tar -cf` and `cp -a`, on the same disk in
+//! the same run.
+//!
+//!     cargo bench --bench snapshot            # ~1 GiB data set
+//!     BENCH_SCALE=0.25 cargo bench --bench snapshot
+//!
+//! The data set lives under target/bench-snapshot and is removed at the end.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{FileExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nfs_csi::csi::v1 as csi;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+/// Text-like, compressible bytes (words from a small vocabulary).
+fn text(rng: &mut Rng, len: usize) -> Vec<u8> {
+    const WORDS: [&str; 24] = [
+        "volume",
+        "snapshot",
+        "export",
+        "kubelet",
+        "mount",
+        "node",
+        "controller",
+        "archive",
+        "stream",
+        "zstd",
+        "tar",
+        "directory",
+        "inode",
+        "block",
+        "server",
+        "client",
+        "lease",
+        "delegation",
+        "capacity",
+        "pod",
+        "claim",
+        "class",
+        "bind",
+        "stage",
+    ];
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        let r = rng.next();
+        out.extend_from_slice(WORDS[(r % 24) as usize].as_bytes());
+        out.push(if r.is_multiple_of(11) { b'\n' } else { b' ' });
+        if r.is_multiple_of(97) {
+            out.extend_from_slice(format!("{} ", r % 100_000).as_bytes());
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// Builds the mixed data set in `dir`; returns its data bytes.
+fn build(dir: &Path, scale: f64) -> u64 {
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut total = 0u64;
+    let n_small = (4000.0 * scale) as usize;
+    for i in 0..n_small {
+        let d = dir.join(format!("small/{:03}", i % 100));
+        std::fs::create_dir_all(&d).unwrap();
+        let len = 512 + (rng.next() % 16384) as usize;
+        let data = if i % 4 == 0 {
+            let mut b = vec![0u8; len];
+            rng.fill(&mut b);
+            b
+        } else {
+            text(&mut rng, len)
+        };
+        std::fs::write(d.join(format!("f{i}.txt")), &data).unwrap();
+        total += len as u64;
+        if i % 50 == 0 {
+            symlink(format!("f{i}.txt"), d.join(format!("link{i}"))).unwrap();
+            std::fs::hard_link(d.join(format!("f{i}.txt")), d.join(format!("hard{i}"))).unwrap();
+        }
+    }
+    std::fs::create_dir_all(dir.join("medium")).unwrap();
+    let n_medium = (40.0 * scale).max(2.0) as usize;
+    for i in 0..n_medium {
+        let len = 4 << 20;
+        let data = if i % 2 == 0 {
+            text(&mut rng, len)
+        } else {
+            let mut b = vec![0u8; len];
+            rng.fill(&mut b);
+            b
+        };
+        std::fs::write(dir.join(format!("medium/m{i}.bin")), &data).unwrap();
+        total += len as u64;
+    }
+    // two large files: one compressible, one random
+    std::fs::create_dir_all(dir.join("large")).unwrap();
+    let large = ((330.0 * scale) as usize).max(8) << 20;
+    for (name, random) in [("logs.txt", false), ("blob.bin", true)] {
+        let mut f = std::io::BufWriter::new(File::create(dir.join("large").join(name)).unwrap());
+        let mut left = large;
+        while left > 0 {
+            let n = left.min(4 << 20);
+            let chunk = if random {
+                let mut b = vec![0u8; n];
+                rng.fill(&mut b);
+                b
+            } else {
+                text(&mut rng, n)
+            };
+            f.write_all(&chunk).unwrap();
+            left -= n;
+        }
+        total += large as u64;
+    }
+    // a sparse file: 1 GiB apparent, a few MiB of data
+    let f = File::create(dir.join("large/sparse.img")).unwrap();
+    f.set_len(1 << 30).unwrap();
+    for k in 0..8u64 {
+        let mut b = vec![0u8; 256 << 10];
+        rng.fill(&mut b);
+        f.write_all_at(&b, k * (128 << 20)).unwrap();
+    }
+    total += 8 * (256 << 10);
+    total
+}
+
+fn du(path: &Path) -> u64 {
+    let out = Command::new("du").args(["-sb"]).arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn timed(cmd: &mut Command) -> Duration {
+    let t = Instant::now();
+    let st = cmd.status().expect("run baseline command");
+    assert!(st.success(), "{cmd:?} failed");
+    t.elapsed()
+}
+
+fn drop_caches() -> bool {
+    let _ = Command::new("sync").status();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn row(what: &str, ours: Duration, base: Duration, base_name: &str, bytes: u64, target: &str) {
+    let mbs = |d: Duration| bytes as f64 / MIB / d.as_secs_f64();
+    let ratio = base.as_secs_f64() / ours.as_secs_f64();
+    println!(
+        "{what:<10} ours {:>7.2} s {:>7.0} MB/s | {base_name:<10} {:>7.2} s {:>7.0} MB/s | speedup {ratio:>5.2}x  (target {target})",
+        ours.as_secs_f64(),
+        mbs(ours),
+        base.as_secs_f64(),
+        mbs(base),
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let scale: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let top = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-snapshot");
+    let _ = std::fs::remove_dir_all(&top);
+    let share = top.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let mut d = Driver::start(&top, &["--mode", "controller", "--fs-timeout", "600"]).await;
+    let mut c = d.controller().await;
+    let src = c
+        .create_volume(create_req(
+            "bench-src",
+            0,
+            params(&[("mountedShare", &share.display().to_string())]),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let vol = share.join("bench-src");
+    eprintln!("building the data set (scale {scale})...");
+    let data = build(&vol, scale);
+    let apparent = du(&vol);
+    println!(
+        "data set: {:.0} MiB of data ({:.0} MiB apparent with the sparse file), {} CPUs",
+        data as f64 / MIB,
+        apparent as f64 / MIB,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let cold = drop_caches();
+    println!(
+        "page cache: {}",
+        if cold {
+            "dropped before each run"
+        } else {
+            "warm (cannot drop caches here)"
+        }
+    );
+    if !cold {
+        // warm everything equally
+        timed(
+            Command::new("tar")
+                .arg("-cf")
+                .arg("/dev/null")
+                .arg("-C")
+                .arg(&vol)
+                .arg("."),
+        );
+    }
+    let pid = d.pid();
+    let rss_idle = peak_rss_kib(pid);
+
+    // snapshot
+    drop_caches();
+    let t = Instant::now();
+    let snap = loop {
+        let s = c
+            .create_snapshot(csi::CreateSnapshotRequest {
+                source_volume_id: src.volume_id.clone(),
+                name: "bench-snap".into(),
+                parameters: std::env::var("BENCH_LEVEL")
+                    .map(|l| params(&[("compressionLevel", &l)]))
+                    .unwrap_or_default(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap();
+        if s.ready_to_use {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ours_snap = t.elapsed();
+    let rss_peak = peak_rss_kib(pid);
+    let ours_size = std::fs::metadata(share.join(".nfs-csi/snapshots/bench-snap/archive.tar.zst"))
+        .unwrap()
+        .len();
+
+    drop_caches();
+    let tgz = top.join("baseline.tar.gz");
+    let base_czf = timed(
+        Command::new("tar")
+            .arg("-czf")
+            .arg(&tgz)
+            .arg("-C")
+            .arg(&vol)
+            .arg("."),
+    );
+    let tgz_size = std::fs::metadata(&tgz).unwrap().len();
+    drop_caches();
+    let tar = top.join("baseline.tar");
+    let base_cf = timed(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&vol)
+            .arg("."),
+    );
+    let _ = std::fs::remove_file(&tar);
+
+    // restore
+    drop_caches();
+    let t = Instant::now();
+    c.create_volume({
+        let mut r = create_req(
+            "bench-restore",
+            0,
+            params(&[("mountedShare", &share.display().to_string())]),
+        );
+        r.volume_content_source = Some(csi::VolumeContentSource {
+            r#type: Some(csi::volume_content_source::Type::Snapshot(
+                csi::volume_content_source::SnapshotSource {
+                    snapshot_id: snap.snapshot_id.clone(),
+                },
+            )),
+        });
+        r
+    })
+    .await
+    .unwrap();
+    let ours_restore = t.elapsed();
+    drop_caches();
+    let xzf_dir = top.join("baseline-xzf");
+    std::fs::create_dir_all(&xzf_dir).unwrap();
+    let base_xzf = timed(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&tgz)
+            .arg("-C")
+            .arg(&xzf_dir),
+    );
+    let _ = std::fs::remove_dir_all(&xzf_dir);
+    let _ = std::fs::remove_file(&tgz);
+
+    // clone
+    drop_caches();
+    let t = Instant::now();
+    c.create_volume({
+        let mut r = create_req(
+            "bench-clone",
+            0,
+            params(&[("mountedShare", &share.display().to_string())]),
+        );
+        r.volume_content_source = Some(csi::VolumeContentSource {
+            r#type: Some(csi::volume_content_source::Type::Volume(
+                csi::volume_content_source::VolumeSource {
+                    volume_id: src.volume_id.clone(),
+                },
+            )),
+        });
+        r
+    })
+    .await
+    .unwrap();
+    let ours_clone = t.elapsed();
+    drop_caches();
+    let cp_dir = top.join("baseline-cp");
+    let base_cp = timed(Command::new("cp").arg("-a").arg(&vol).arg(&cp_dir));
+    let rss_end = peak_rss_kib(pid);
+
+    println!();
+    row("snapshot", ours_snap, base_czf, "tar -czf", data, ">= 5x");
+    row("snapshot", ours_snap, base_cf, "tar -cf", data, ">= 0.6x");
+    row("restore", ours_restore, base_xzf, "tar -xzf", data, ">= 3x");
+    row("clone", ours_clone, base_cp, "cp -a", data, ">= 1x");
+    println!(
+        "archive    ours {:.1} MiB (zstd)   | tar -czf {:.1} MiB (gzip)   | size ratio {:.2} (target <= 1)",
+        ours_size as f64 / MIB,
+        tgz_size as f64 / MIB,
+        ours_size as f64 / tgz_size as f64
+    );
+    println!(
+        "driver RSS idle {:.1} MiB, peak during snapshot {:.1} MiB, peak overall {:.1} MiB (target < 64 MiB)",
+        rss_idle as f64 / 1024.0,
+        rss_peak as f64 / 1024.0,
+        rss_end as f64 / 1024.0
+    );
+    let ok = base_czf.as_secs_f64() / ours_snap.as_secs_f64() >= 5.0
+        && ours_size <= tgz_size
+        && base_cf.as_secs_f64() / ours_snap.as_secs_f64() >= 0.6
+        && rss_end < 64 * 1024
+        && base_xzf.as_secs_f64() / ours_restore.as_secs_f64() >= 3.0
+        && ours_clone <= base_cp.mul_f64(1.0);
+    println!("targets: {}", if ok { "all met" } else { "NOT all met" });
+    d.kill();
+    let _ = std::fs::remove_dir_all(&top);
+}
