@@ -40,42 +40,101 @@ impl Rng {
     }
 }
 
-/// Text-like, compressible bytes (words from a small vocabulary).
+/// Compressible bytes shaped like what volumes hold: application log lines
+/// (timestamps, levels, ids, key=value fields) and JSON records.
 fn text(rng: &mut Rng, len: usize) -> Vec<u8> {
-    const WORDS: [&str; 24] = [
-        "volume",
-        "snapshot",
-        "export",
-        "kubelet",
-        "mount",
-        "node",
-        "controller",
-        "archive",
-        "stream",
-        "zstd",
-        "tar",
-        "directory",
-        "inode",
-        "block",
-        "server",
-        "client",
-        "lease",
-        "delegation",
-        "capacity",
-        "pod",
-        "claim",
-        "class",
-        "bind",
-        "stage",
+    const LEVELS: [&str; 4] = ["INFO", "DEBUG", "WARN", "ERROR"];
+    const WHAT: [&str; 8] = [
+        "request served",
+        "cache miss",
+        "connection opened",
+        "retrying upstream call",
+        "order created",
+        "payment authorised",
+        "session expired",
+        "job finished",
     ];
-    let mut out = Vec::with_capacity(len + 16);
+    const SVC: [&str; 5] = ["api", "billing", "auth", "worker", "search"];
+    let mut out = Vec::with_capacity(len + 256);
+    let mut t: u64 = 1_764_000_000_000;
     while out.len() < len {
         let r = rng.next();
-        out.extend_from_slice(WORDS[(r % 24) as usize].as_bytes());
-        out.push(if r.is_multiple_of(11) { b'\n' } else { b' ' });
-        if r.is_multiple_of(97) {
-            out.extend_from_slice(format!("{} ", r % 100_000).as_bytes());
+        t += r % 50;
+        let line = if r.is_multiple_of(5) {
+            format!(
+                "{{\"ts\":{t},\"service\":\"{}\",\"user\":{},\"amount\":{}.{:02},\"items\":[{},{}],\"status\":\"{}\"}}\n",
+                SVC[(r >> 8) as usize % 5],
+                (r >> 16) % 100_000,
+                (r >> 24) % 1000,
+                (r >> 34) % 100,
+                (r >> 40) % 5000,
+                (r >> 48) % 5000,
+                if r.is_multiple_of(7) { "failed" } else { "ok" }
+            )
+        } else {
+            format!(
+                "{}.{:03}Z {:<5} {}[{}]: {} request_id={:016x} latency_ms={} path=/v1/{}/{}\n",
+                t / 1000,
+                t % 1000,
+                LEVELS[(r >> 8) as usize % 4],
+                SVC[(r >> 12) as usize % 5],
+                1000 + (r >> 20) % 64,
+                WHAT[(r >> 28) as usize % 8],
+                rng.next(),
+                (r >> 32) % 900,
+                SVC[(r >> 40) as usize % 5],
+                (r >> 44) % 10_000
+            )
+        };
+        out.extend_from_slice(line.as_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Real text files (the crates cargo downloaded): realistic compressible
+/// content, the same for every run on a machine that built this project.
+fn corpus() -> Vec<PathBuf> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let mut stack = vec![home.join("registry/src")];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file()
+                && matches!(
+                    p.extension().and_then(|x| x.to_str()),
+                    Some("rs" | "md" | "toml" | "txt" | "json")
+                )
+                && e.metadata().map(|m| m.len() < 64 << 10).unwrap_or(false)
+            {
+                out.push(p);
+            }
         }
+    }
+    out.sort();
+    out
+}
+
+/// `len` bytes of compressible content: real files when there are some,
+/// else log lines.
+fn compressible(rng: &mut Rng, corpus: &[PathBuf], next: &mut usize, len: usize) -> Vec<u8> {
+    if corpus.is_empty() {
+        return text(rng, len);
+    }
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        out.extend(std::fs::read(&corpus[*next % corpus.len()]).unwrap_or_default());
+        *next += 1;
     }
     out.truncate(len);
     out
@@ -84,21 +143,27 @@ fn text(rng: &mut Rng, len: usize) -> Vec<u8> {
 /// Builds the mixed data set in `dir`; returns its data bytes.
 fn build(dir: &Path, scale: f64) -> u64 {
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let corpus = corpus();
+    let mut next = 0usize;
     let mut total = 0u64;
     let n_small = (4000.0 * scale) as usize;
     for i in 0..n_small {
         let d = dir.join(format!("small/{:03}", i % 100));
         std::fs::create_dir_all(&d).unwrap();
-        let len = 512 + (rng.next() % 16384) as usize;
         let data = if i % 4 == 0 {
+            let len = 512 + (rng.next() % 16384) as usize;
             let mut b = vec![0u8; len];
             rng.fill(&mut b);
             b
-        } else {
+        } else if corpus.is_empty() {
+            let len = 512 + (rng.next() % 16384) as usize;
             text(&mut rng, len)
+        } else {
+            next += 1;
+            std::fs::read(&corpus[next % corpus.len()]).unwrap_or_default()
         };
         std::fs::write(d.join(format!("f{i}.txt")), &data).unwrap();
-        total += len as u64;
+        total += data.len() as u64;
         if i % 50 == 0 {
             symlink(format!("f{i}.txt"), d.join(format!("link{i}"))).unwrap();
             std::fs::hard_link(d.join(format!("f{i}.txt")), d.join(format!("hard{i}"))).unwrap();
@@ -109,7 +174,7 @@ fn build(dir: &Path, scale: f64) -> u64 {
     for i in 0..n_medium {
         let len = 4 << 20;
         let data = if i % 2 == 0 {
-            text(&mut rng, len)
+            compressible(&mut rng, &corpus, &mut next, len)
         } else {
             let mut b = vec![0u8; len];
             rng.fill(&mut b);
@@ -118,7 +183,7 @@ fn build(dir: &Path, scale: f64) -> u64 {
         std::fs::write(dir.join(format!("medium/m{i}.bin")), &data).unwrap();
         total += len as u64;
     }
-    // two large files: one compressible, one random
+    // two large files: one compressible (logs), one random
     std::fs::create_dir_all(dir.join("large")).unwrap();
     let large = ((330.0 * scale) as usize).max(8) << 20;
     for (name, random) in [("logs.txt", false), ("blob.bin", true)] {

@@ -113,7 +113,7 @@ pub fn test_config(work_dir: PathBuf) -> Config {
         inline_servers: vec![],
         nfs_default_options: vec![],
         allow_device_nodes: false,
-        snapshot_level: 3,
+        snapshot_level: 6,
         snapshot_threads: 2,
         metrics_address: None,
     }

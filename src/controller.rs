@@ -935,6 +935,11 @@ impl ControllerService {
             let after = if i == start { after.clone() } else { None };
             let root = match self.exports.ready(export).await {
                 Ok((root, _)) => root,
+                // A server that does not answer may come back: the listing
+                // would silently miss its volumes, so the caller retries.
+                Err(e @ crate::export::Error::NotResponding { .. }) => return Err(e.into()),
+                // One that refuses or is gone (decommissioned) must not block
+                // the listing of the others.
                 Err(e) => {
                     tracing::warn!(export = %export.key(), error = %e, "export skipped in ListSnapshots");
                     continue;
@@ -1068,6 +1073,11 @@ impl ControllerService {
             };
             let root = match self.exports.ready(export).await {
                 Ok((root, _)) => root,
+                // A server that does not answer may come back: the listing
+                // would silently miss its volumes, so the caller retries.
+                Err(e @ crate::export::Error::NotResponding { .. }) => return Err(e.into()),
+                // One that refuses or is gone (decommissioned) must not block
+                // the listing of the others.
                 Err(e) => {
                     tracing::warn!(export = %export.key(), error = %e, "export skipped in ListVolumes");
                     continue;

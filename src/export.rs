@@ -184,7 +184,7 @@ pub struct Exports {
     work_dir: PathBuf,
     mounter: Arc<dyn Mounter>,
     timeouts: Timeouts,
-    probes: Probes,
+    probes: Probes<Result<FsStats, Errno>>,
     mount_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     configured: Vec<ExportSpec>,
     known: Mutex<BTreeMap<String, ExportSpec>>,

@@ -95,7 +95,7 @@ struct ServeArgs {
     allow_device_nodes: bool,
     /// zstd level of snapshot archives (1-19; a VolumeSnapshotClass may set
     /// compressionLevel).
-    #[arg(long, env = "SNAPSHOT_LEVEL", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    #[arg(long, env = "SNAPSHOT_LEVEL", default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=19))]
     snapshot_level: i32,
     /// Threads per snapshot (zstd workers) and per clone (copy workers);
     /// default: the number of CPUs.

@@ -75,7 +75,7 @@ type Result<T> = std::result::Result<T, DriverError>;
 pub struct NodeService {
     config: Arc<Config>,
     mounter: Arc<dyn Mounter>,
-    probes: Probes,
+    probes: Probes<std::result::Result<safefs::FsStats, Errno>>,
     inflight: InFlight,
 }
 

@@ -734,3 +734,24 @@ async fn sigterm_stops_cleanly_and_stale_socket_is_replaced() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn concurrent_creates_of_different_volumes_all_succeed() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let mut c = d.controller().await;
+        let req = create_req(&format!("pvc-{i}"), 1, p(ms(&root)));
+        tasks.push(tokio::spawn(async move { c.create_volume(req).await }));
+    }
+    for task in tasks {
+        // Calls on the same export share its health probe; none is refused.
+        task.await.unwrap().unwrap();
+    }
+    let records = std::fs::read_dir(Path::new(&root).join(".nfs-csi/volumes"))
+        .unwrap()
+        .count();
+    assert_eq!(records, 32);
+}

@@ -380,6 +380,21 @@ fn check_plugin_flags(pod: &PodSpec, mode: &str) {
         Some("spec.nodeName"),
         "the node id is the node's name"
     );
+    // Metrics are on, on a declared port of the container.
+    let metrics = required_flag(plugin, "--metrics-address", Some("METRICS_ADDRESS"));
+    let port: i32 = metrics
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("--metrics-address {metrics:?} has no port"));
+    assert!(
+        plugin
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.container_port == port && p.name.as_deref() == Some("metrics")),
+        "the {mode} plugin serves metrics on {port} but declares no port named metrics there"
+    );
     let sc = plugin.security_context.as_ref().expect("securityContext");
     assert_eq!(sc.privileged, Some(true), "the {mode} plugin mounts");
     assert_eq!(

@@ -1962,6 +1962,12 @@ async fn export_outages(nfs: Nfs) {
             Err(e) => format!("{:?}: {}", e.code(), e.message()),
         }
     ));
+    // Not an empty success: that would look like every volume is gone.
+    assert_eq!(
+        r.as_ref().map(|l| l.entries.len()).map_err(|e| e.code()),
+        Err(Code::Unavailable),
+        "ListVolumes with the export's server stopped must say it cannot list"
+    );
     // A delete cannot be done now; it must say so, in bounded time, and
     // lose nothing.
     let (r, t) = rig.try_delete(&v4.volume_id, CONTROLLER_BOUND).await;
