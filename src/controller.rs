@@ -59,6 +59,12 @@ pub enum Error {
     SnapshotExists { name: String, existing: String },
     #[error("{0}")]
     JobFailed(String),
+    #[error("limit_bytes {limit} is below the volume's capacity {current}; volumes do not shrink")]
+    CannotShrink { limit: i64, current: i64 },
+    #[error("volume {0} is still being filled from its own source; retry when it is ready")]
+    SourceNotReady(String),
+    #[error("directory {subdir:?} cannot be this volume's: {reason}")]
+    DirInUse { subdir: String, reason: String },
     #[error("volume {0} does not exist")]
     NotFound(String),
     #[error("volume {name:?} already exists and differs: {reason}")]
@@ -309,7 +315,36 @@ fn create_on_export(
             .write_atomic(&name_file, subdir.as_str().as_bytes())?;
         return Ok(existing);
     }
-    meta.root.create_all(subdir, want.mount_permissions)?;
+    // A directory inside another volume's would be deleted with it.
+    let mut ancestor = subdir.split_last().0;
+    while let Some(a) = ancestor {
+        if let Some(outer) = meta.record(&a)? {
+            return Err(Error::DirInUse {
+                subdir: subdir.as_str().to_string(),
+                reason: format!(
+                    "it is inside volume {:?}'s directory {:?}",
+                    outer.name,
+                    a.as_str()
+                ),
+            }
+            .into());
+        }
+        ancestor = a.split_last().0;
+    }
+    let mut want = want;
+    let (dir, created) = meta.root.create_all(subdir, want.mount_permissions)?;
+    // A directory that was already there (retained data, data put there by
+    // hand) is adopted: it is never deleted or emptied by the driver.
+    want.adopted = !created;
+    if want.adopted && want.content_source.is_some() && !dir.list()?.is_empty() {
+        return Err(Error::DirInUse {
+            subdir: subdir.as_str().to_string(),
+            reason: "it already holds data, and restoring or cloning into it would replace it; \
+                     use another subDir"
+                .into(),
+        }
+        .into());
+    }
     meta.save(&want, subdir)?;
     meta.names
         .write_atomic(&name_file, subdir.as_str().as_bytes())?;
@@ -332,6 +367,9 @@ fn delete_on_export(root: &Path, subdir: &RelPath) -> Result<&'static str> {
     let done = match (rec.on_delete, parent_dir) {
         (_, None) => "directory already gone",
         (OnDelete::Retain, _) => "directory retained",
+        (OnDelete::Delete, _) if rec.adopted => {
+            "directory retained: it existed before the volume, so it is not the driver's to delete"
+        }
         (OnDelete::Delete, Some(dir)) => {
             dir.remove_tree(OsStr::new(leaf))?;
             "directory deleted"
@@ -364,10 +402,18 @@ fn discard_on_export(root: &Path, subdir: &RelPath) -> Result<()> {
         None => Some(DirFd::open_root(meta.root.path())?),
         Some(p) => meta.root.walk(p)?,
     };
+    let rec = meta.record(subdir)?;
     if let Some(dir) = parent_dir {
-        dir.remove_tree(OsStr::new(leaf))?;
+        if rec.as_ref().is_some_and(|r| r.adopted) {
+            // It existed (empty) before: take back only what was put in.
+            if let Some(d) = dir.child(OsStr::new(leaf))? {
+                snapshot::empty_dir(&d)?;
+            }
+        } else {
+            dir.remove_tree(OsStr::new(leaf))?;
+        }
     }
-    if let Some(rec) = meta.record(subdir)? {
+    if let Some(rec) = rec {
         let name_file = name_file(&rec.name);
         if meta.names.read_small(&name_file)?.as_deref() == Some(subdir.as_str().as_bytes()) {
             meta.names.remove_file(&name_file)?;
@@ -512,6 +558,8 @@ impl ControllerService {
             created_unix: now_unix(),
             content_source: source.as_ref().map(|s| s.id.clone()),
             populated: source.is_none(),
+            adopted: false,
+            volume_id: Some(id.to_string()),
         };
         let subdir = id.subdir.clone();
         let dest_root = root.clone();
@@ -577,6 +625,9 @@ impl ControllerService {
             }
             Some(Type::Volume(v)) => {
                 let (vid, rec, _) = self.existing(&v.volume_id).await?;
+                if !rec.populated {
+                    return Err(Error::SourceNotReady(v.volume_id.clone()).into());
+                }
                 if vid.export == dest.export
                     && (vid.subdir.as_str() == dest.subdir.as_str()
                         || dest
@@ -674,24 +725,45 @@ impl ControllerService {
                 return Ok(csi::DeleteVolumeResponse {});
             }
         };
-        if let Some(job) = self.jobs.get(&format!("populate:{id}")) {
-            // Deleting a volume still being filled: stop the filling first.
+        let populate_key = format!("populate:{id}");
+        if let Some(job) = self.jobs.get(&populate_key) {
+            // Deleting a volume still being filled: stop the filling first,
+            // and forget it (a new volume at this id starts its own).
             job.cancel();
             let _ = job.wait(Duration::from_secs(30)).await;
+            self.jobs.remove(&populate_key);
         }
         let _guard =
             self.inflight
                 .acquire(&[format!("dir:{}/{}", id.export.key(), id.subdir.as_str())])?;
         let (root, _) = self.exports.ready(&id.export).await?;
         let subdir = id.subdir.clone();
-        let done = offload::run(
-            "delete volume directory",
-            self.exports.timeouts().fs,
-            move || delete_on_export(&root, &subdir),
-        )
-        .await??;
-        tracing::info!(volume_id = %id, "{done}");
-        Ok(csi::DeleteVolumeResponse {})
+        // A big tree takes long to remove: the removal is a job that goes on
+        // if this call gives up, and a retry joins it instead of starting a
+        // second one on the same tree.
+        let key = format!("delete:{id}");
+        let vid = id.to_string();
+        let job = self.jobs.start(&key, move |_| {
+            delete_on_export(&root, &subdir)
+                .map(|done| tracing::info!(volume_id = %vid, "{done}"))
+                .map_err(|e| crate::error::chain(&e))
+        });
+        let fs = self.exports.timeouts().fs;
+        match job.wait(fs).await {
+            Some(Ok(())) => {
+                self.jobs.remove(&key);
+                Ok(csi::DeleteVolumeResponse {})
+            }
+            Some(Err(msg)) => {
+                self.jobs.remove(&key);
+                Err(Error::JobFailed(format!("deleting volume {id}: {msg}")).into())
+            }
+            None => Err(offload::Error::TimedOut {
+                what: format!("deleting volume {id} (still going on; retry)"),
+                secs: fs.as_secs(),
+            }
+            .into()),
+        }
     }
 
     async fn create_snapshot(
@@ -722,12 +794,16 @@ impl ControllerService {
         let (sr, st) = (src_root.clone(), store_root.clone());
         let state = offload::run("start snapshot", fs, move || {
             let meta = Meta::open(&sr, false)?;
-            let exists = match &meta {
-                Some(m) => m.record(&subdir)?.is_some(),
-                None => false,
+            let source = match &meta {
+                Some(m) => m.record(&subdir)?,
+                None => None,
             };
-            if !exists {
-                return Err(Error::NotFound(source_id.clone()).into());
+            match source {
+                None => return Err(Error::NotFound(source_id.clone()).into()),
+                Some(r) if !r.populated => {
+                    return Err(Error::SourceNotReady(source_id.clone()).into());
+                }
+                Some(_) => {}
             }
             let store =
                 Store::open(&st, &skey, true)?.ok_or(Error::Missing("snapshot directory"))?;
@@ -1163,6 +1239,13 @@ impl ControllerService {
             let meta = Meta::open(&root, false)?.ok_or(Error::NotFound(vid.clone()))?;
             let mut rec = meta.record(&subdir)?.ok_or(Error::NotFound(vid))?;
             let want = if required > 0 { required } else { limit };
+            if limit > 0 && rec.capacity_bytes > limit {
+                return Err(Error::CannotShrink {
+                    limit,
+                    current: rec.capacity_bytes,
+                }
+                .into());
+            }
             if want > rec.capacity_bytes {
                 rec.capacity_bytes = want;
                 meta.save(&rec, &subdir)?;
@@ -1381,8 +1464,12 @@ fn list_export(
             subdir,
         };
         let condition = meta.condition(&id.subdir);
+        let mut volume = to_volume(&id, rec.capacity_bytes);
+        if let Some(created) = rec.volume_id.filter(|v| VolumeId::parse(v).is_ok()) {
+            volume.volume_id = created;
+        }
         entries.push(csi::list_volumes_response::Entry {
-            volume: Some(to_volume(&id, rec.capacity_bytes)),
+            volume: Some(volume),
             status: Some(csi::list_volumes_response::VolumeStatus {
                 published_node_ids: vec![],
                 volume_condition: Some(condition),
@@ -1537,6 +1624,8 @@ mod tests {
             created_unix: 1,
             content_source: None,
             populated: true,
+            adopted: false,
+            volume_id: None,
         }
     }
 

@@ -44,7 +44,7 @@ fn tree_code(e: &tree::Error) -> Code {
         | tree::Error::DeviceNode { .. }
         | tree::Error::Conflict { .. }
         | tree::Error::BadLink { .. } => Code::FailedPrecondition,
-        tree::Error::Cancelled => Code::Aborted,
+        tree::Error::Cancelled | tree::Error::Changed { .. } => Code::Aborted,
     }
 }
 
@@ -104,10 +104,11 @@ pub fn code(err: &Error) -> Code {
             | C::ContentSource
             | C::NegativeMaxEntries => Code::InvalidArgument,
             C::NotFound(_) | C::SnapshotNotFound(_) => Code::NotFound,
-            C::SnapshotNotReady(_) => Code::Unavailable,
-            C::TooSmall { .. } => Code::OutOfRange,
+            C::SnapshotNotReady(_) | C::SourceNotReady(_) => Code::Unavailable,
+            C::TooSmall { .. } | C::CannotShrink { .. } => Code::OutOfRange,
             C::SnapshotExists { .. } => Code::AlreadyExists,
             C::JobFailed(_) => Code::Internal,
+            C::DirInUse { .. } => Code::FailedPrecondition,
             C::SnapshotParameter { .. } => Code::InvalidArgument,
             C::AlreadyExists { .. } => Code::AlreadyExists,
             C::BadToken(_) => Code::Aborted,

@@ -121,6 +121,15 @@ impl ExportSpec {
         }
     }
 
+    /// Where the data is, whatever the mount options: two specs with the
+    /// same location hold the same volumes.
+    pub fn location(&self) -> String {
+        match self {
+            ExportSpec::Nfs { server, share, .. } => format!("nfs://{server}{share}"),
+            ExportSpec::Mounted { root } => format!("mounted:{}", root.display()),
+        }
+    }
+
     /// `server:/share[/subdir]` for mount.nfs (IPv6 addresses bracketed).
     pub fn nfs_source(&self, subdir: Option<&RelPath>) -> Option<String> {
         let ExportSpec::Nfs { server, share, .. } = self else {
@@ -244,12 +253,18 @@ impl Exports {
         self.timeouts
     }
 
-    /// Every export known, sorted by key.
+    /// Every export known, sorted by key, one per location (the same share
+    /// named with other mount options is the same data).
     pub fn known(&self) -> Vec<ExportSpec> {
-        self.known
+        let all: Vec<ExportSpec> = self
+            .known
             .lock()
             .map(|k| k.values().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let mut seen = std::collections::HashSet::new();
+        all.into_iter()
+            .filter(|e| seen.insert(e.location()))
+            .collect()
     }
 
     /// Adds `spec` to the known exports, persisting the list.

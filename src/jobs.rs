@@ -53,7 +53,12 @@ impl Jobs {
     {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(job) = map.get(key) {
-            return job.clone();
+            // A running job, or a failure not yet reported: join it. A job
+            // that succeeded has nothing left to say (its work is on disk);
+            // new work under its key starts afresh.
+            if !matches!(*job.done.borrow(), Some(Ok(()))) {
+                return job.clone();
+            }
         }
         let (tx, rx) = watch::channel(None);
         let cancel = Arc::new(AtomicBool::new(false));
@@ -130,6 +135,18 @@ mod tests {
         );
         // kept until removed
         assert!(jobs.get("k").is_some());
+        jobs.remove("k");
+        // a success is not handed to later work under the same key
+        let ok = jobs.start("k", |_| Ok(()));
+        assert_eq!(ok.wait(Duration::from_secs(5)).await, Some(Ok(())));
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        let again = jobs.start("k", move |_| {
+            r.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+        assert_eq!(again.wait(Duration::from_secs(5)).await, Some(Ok(())));
+        assert!(ran.load(Ordering::SeqCst), "new work must run");
         jobs.remove("k");
         let c = jobs.start("k", |cancel| {
             while !cancel.load(Ordering::Relaxed) {

@@ -173,11 +173,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         nfs_csi::server::serve(&args.endpoint, config, shutdown_signal())
             .await
             .context("nfs-csi serve")
-    })
+    });
+    // A thread stuck on a dead NFS server cannot be joined: do not wait
+    // for it (dropping the runtime would, forever).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// Completes on SIGTERM (what Kubernetes sends) or SIGINT.

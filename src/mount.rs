@@ -176,7 +176,25 @@ impl Mounter for SystemMounter {
         )
         .map_err(err)?;
         if readonly {
-            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            // A remount sets every per-mount flag: keep the source's nosuid,
+            // nodev, noexec and atime flags, or the read-only bind would be
+            // more permissive than what it binds.
+            let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            if let Ok(st) = nix::sys::statvfs::statvfs(target) {
+                use nix::sys::statvfs::FsFlags;
+                for (has, set) in [
+                    (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+                    (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+                    (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+                    (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+                    (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+                    (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+                ] {
+                    if st.flags().contains(has) {
+                        flags |= set;
+                    }
+                }
+            }
             if let Err(e) =
                 nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
             {

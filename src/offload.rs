@@ -106,11 +106,18 @@ impl<T: Clone + Send + Sync + 'static> Probes<T> {
                 let map = self.running.clone();
                 let owned = key.to_string();
                 tokio::task::spawn_blocking(move || {
-                    let out = f();
-                    let _ = tx.send(Some(out));
-                    let mut running = map.lock().unwrap_or_else(|p| p.into_inner());
-                    if running.get(&owned).is_some_and(|r| r.id == id) {
-                        running.remove(&owned);
+                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+                    // Free the key first, so a caller woken below starts a
+                    // new run rather than joining this finished one.
+                    {
+                        let mut running = map.lock().unwrap_or_else(|p| p.into_inner());
+                        if running.get(&owned).is_some_and(|r| r.id == id) {
+                            running.remove(&owned);
+                        }
+                    }
+                    // A panic drops the sender: waiters see Panicked.
+                    if let Ok(out) = out {
+                        let _ = tx.send(Some(out));
                     }
                 });
                 (rx, started)
@@ -159,6 +166,20 @@ mod tests {
             );
         }
         assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_probe_frees_its_key() {
+        let probes: Probes<u8> = Probes::default();
+        let err = probes
+            .run("k", Duration::from_secs(5), || panic!("boom"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Panicked { .. }), "{err}");
+        assert_eq!(
+            probes.run("k", Duration::from_secs(5), || 3).await.unwrap(),
+            3
+        );
     }
 
     #[tokio::test]

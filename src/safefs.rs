@@ -330,23 +330,32 @@ impl DirFd {
             return unlink(self, name, false);
         }
         // Depth-first, iterative: a stack of open directories, each with the
-        // name it has in its parent.
-        let mut stack: Vec<(DirFd, OsString)> = Vec::new();
-        match self.child(name) {
-            Ok(Some(d)) => stack.push((d, name.to_os_string())),
-            Ok(None) => return Ok(()),
-            // Swapped for a symlink since the stat: unlink the link.
-            Err(Error::NotADirectory { .. }) => return unlink(self, name, false),
-            Err(e) => return Err(e),
-        }
-        while let Some((top, _)) = stack.last() {
-            if top.stat()?.st_dev != dev {
-                return Err(Error::CrossesMount {
-                    path: top.path.clone(),
-                });
+        // name it has in its parent and the entries still to remove.
+        type Frame = (DirFd, OsString, std::vec::IntoIter<OsString>, u32);
+        let open = |parent: &DirFd, name: &OsStr, tries: u32| -> Result<Option<Frame>> {
+            match parent.child(name) {
+                Ok(Some(d)) => {
+                    if d.stat()?.st_dev != dev {
+                        return Err(Error::CrossesMount {
+                            path: d.path.clone(),
+                        });
+                    }
+                    let list = d.list()?.into_iter();
+                    Ok(Some((d, name.to_os_string(), list, tries)))
+                }
+                Ok(None) => Ok(None),
+                // Swapped for a symlink since the stat: unlink the link.
+                Err(Error::NotADirectory { .. }) => unlink(parent, name, false).map(|()| None),
+                Err(e) => Err(e),
             }
-            let mut descend = None;
-            for entry in top.list()? {
+        };
+        let mut stack: Vec<Frame> = Vec::new();
+        match open(self, name, 0)? {
+            Some(f) => stack.push(f),
+            None => return Ok(()),
+        }
+        while let Some((top, _, entries, _)) = stack.last_mut() {
+            if let Some(entry) = entries.next() {
                 let st = match fstatat(
                     top.fd.as_fd(),
                     entry.as_os_str(),
@@ -357,28 +366,31 @@ impl DirFd {
                     Err(e) => return Err(io("stat", top.path.join(&entry))(e)),
                 };
                 if is_dir(&st) {
-                    match top.child(&entry) {
-                        Ok(Some(d)) => {
-                            descend = Some((d, entry));
-                            break;
-                        }
-                        Ok(None) => continue,
-                        Err(Error::NotADirectory { .. }) => unlink(top, &entry, false)?,
-                        Err(e) => return Err(e),
+                    if let Some(f) = open(top, &entry, 0)? {
+                        stack.push(f);
                     }
                 } else {
                     unlink(top, &entry, false)?;
                 }
+                continue;
             }
-            match descend {
-                Some(next) => stack.push(next),
-                None => {
-                    let (_done, done_name) = stack.pop().ok_or_else(|| Error::NotADirectory {
-                        path: self.path.clone(),
-                    })?;
-                    let parent = stack.last().map(|(d, _)| d).unwrap_or(self);
-                    unlink(parent, &done_name, true)?;
+            let Some((_done, done_name, _, tries)) = stack.pop() else {
+                break;
+            };
+            let parent = stack.last().map(|(d, ..)| d).unwrap_or(self);
+            match unlinkat(
+                parent.fd.as_fd(),
+                done_name.as_os_str(),
+                UnlinkatFlags::RemoveDir,
+            ) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                // Something was written into it meanwhile: list it again.
+                Err(Errno::ENOTEMPTY | Errno::EEXIST) if tries < 3 => {
+                    if let Some(f) = open(parent, &done_name, tries + 1)? {
+                        stack.push(f);
+                    }
                 }
+                Err(e) => return Err(io("remove", parent.path.join(&done_name))(e)),
             }
         }
         Ok(())

@@ -96,7 +96,10 @@ impl SnapshotId {
             reason,
         };
         let (export, key) = volume::parse_id(ID_TAG, id).map_err(bad)?;
-        if volume::safe_file_name(&key) != key && !key.starts_with("x-") {
+        let encoded = (key.starts_with("x-") || key.starts_with("h-"))
+            && key.len() > 2
+            && key[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        if volume::safe_file_name(&key) != key && !encoded {
             return Err(bad("bad snapshot directory name".into()));
         }
         if key.is_empty() || key.contains('/') || key.starts_with('.') {
@@ -270,7 +273,6 @@ pub fn write_tar<W: Write>(src: &DirFd, out: W, cancel: &AtomicBool) -> Result<(
     let mut builder = tar::Builder::new(out);
     builder.mode(tar::HeaderMode::Complete);
     builder.follow_symlinks(false);
-    builder.sparse(true);
     let mut links = Links::default();
     let mut size = 0u64;
     let mut count = 0u64;
@@ -315,10 +317,10 @@ pub fn write_tar<W: Write>(src: &DirFd, out: W, cancel: &AtomicBool) -> Result<(
                         .append_link(&mut h, path, Path::new(OsStr::from_bytes(&first)))
                         .map_err(err)?;
                 } else {
-                    let mut f = tree::open_file(v.parent, v.name, v.path)?;
+                    let (f, st) = tree::open_file(v.parent, v.name, v.path, v.stat)?;
                     pax_xattrs(&mut builder, &tree::read_xattrs(f.as_fd())).map_err(err)?;
-                    builder.append_file(path, &mut f).map_err(err)?;
-                    size += v.stat.st_size as u64;
+                    append_regular(&mut builder, path, &f, &st).map_err(err)?;
+                    size += st.st_size as u64;
                 }
             }
             Kind::Symlink => {
@@ -353,6 +355,133 @@ pub fn write_tar<W: Write>(src: &DirFd, out: W, cancel: &AtomicBool) -> Result<(
     })?;
     let out = builder.into_inner().map_err(ioe("finish archive"))?;
     Ok((size, count, out))
+}
+
+/// Appends a regular file whose size is fixed by `st` (the stat of the open
+/// descriptor): exactly that many bytes are stored, whatever the file does
+/// meanwhile (it may grow or shrink while a pod writes it; the archive must
+/// stay well-formed). Holes are kept as a GNU sparse entry.
+fn append_regular<W: Write>(
+    builder: &mut tar::Builder<W>,
+    path: &Path,
+    file: &File,
+    st: &nix::sys::stat::FileStat,
+) -> std::io::Result<()> {
+    let size = st.st_size.max(0) as u64;
+    let segments = if (st.st_blocks.max(0) as u64) * 512 < size {
+        data_segments(file, size)
+    } else {
+        vec![(0, size)]
+    };
+    if segments == [(0, size)] {
+        let mut h = header_for(st, tar::EntryType::Regular);
+        h.set_size(size);
+        return builder.append_data(&mut h, path, Exact::new(file, vec![(0, size)]));
+    }
+    // GNU sparse: up to 4 (offset, length) pairs in the header, 21 more per
+    // extension block; a last pair at the real size marks the end.
+    let mut pairs = segments;
+    if pairs.last().is_none_or(|(o, l)| o + l < size) {
+        pairs.push((size, 0));
+    }
+    let stored: u64 = pairs.iter().map(|(_, l)| l).sum();
+    let mut h = header_for(st, tar::EntryType::GNUSparse);
+    h.set_size(stored);
+    let mut ext_blocks = Vec::new();
+    {
+        let gnu = h
+            .as_gnu_mut()
+            .ok_or_else(|| std::io::Error::other("not a GNU header"))?;
+        gnu.set_real_size(size);
+        for (slot, (o, l)) in gnu.sparse.iter_mut().zip(&pairs) {
+            slot.set_offset(*o);
+            slot.set_length(*l);
+        }
+        let rest: Vec<&(u64, u64)> = pairs.iter().skip(gnu.sparse.len()).collect();
+        gnu.set_is_extended(!rest.is_empty());
+        let chunks: Vec<_> = rest.chunks(21).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut ext = tar::GnuExtSparseHeader::new();
+            for (slot, (o, l)) in ext.sparse.iter_mut().zip(chunk.iter()) {
+                slot.set_offset(*o);
+                slot.set_length(*l);
+            }
+            ext.set_is_extended(i + 1 < chunks.len());
+            ext_blocks.extend_from_slice(ext.as_bytes());
+        }
+    }
+    // The extension blocks follow the header, before the data (they are
+    // not counted in the entry's size).
+    let data = std::io::Cursor::new(ext_blocks).chain(Exact::new(file, pairs));
+    builder.append_data(&mut h, path, data)
+}
+
+/// The (offset, length) data segments of a file, from SEEK_DATA/SEEK_HOLE;
+/// the whole file where the filesystem cannot say.
+fn data_segments(file: &File, size: u64) -> Vec<(u64, u64)> {
+    use nix::unistd::{Whence, lseek};
+    let mut out = Vec::new();
+    let mut off: i64 = 0;
+    let end = size as i64;
+    while off < end {
+        let data = match lseek(file.as_fd(), off, Whence::SeekData) {
+            Ok(d) if d < end => d,
+            Ok(_) | Err(nix::errno::Errno::ENXIO) => break,
+            Err(_) => return vec![(0, size)],
+        };
+        let hole = match lseek(file.as_fd(), data, Whence::SeekHole) {
+            Ok(h) => h.min(end),
+            Err(_) => end,
+        };
+        out.push((data as u64, (hole - data) as u64));
+        off = hole;
+    }
+    out
+}
+
+/// Reads exactly the given (offset, length) ranges of a file, with zeros
+/// where the file has become shorter.
+struct Exact<'a> {
+    file: &'a File,
+    ranges: std::vec::IntoIter<(u64, u64)>,
+    cur: Option<(u64, u64)>,
+}
+
+impl<'a> Exact<'a> {
+    fn new(file: &'a File, ranges: Vec<(u64, u64)>) -> Exact<'a> {
+        Exact {
+            file,
+            ranges: ranges.into_iter(),
+            cur: None,
+        }
+    }
+}
+
+impl Read for Exact<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        loop {
+            let (off, left) = match self.cur {
+                Some((o, l)) if l > 0 => (o, l),
+                _ => match self.ranges.next() {
+                    Some(r) => {
+                        self.cur = Some(r);
+                        continue;
+                    }
+                    None => return Ok(0),
+                },
+            };
+            let want = (left.min(buf.len() as u64)) as usize;
+            let mut n = self.file.read_at(&mut buf[..want], off)?;
+            if n == 0 {
+                // Shrunk since the stat: pad with zeros to the stated size.
+                buf[..want].fill(0);
+                n = want;
+            }
+            self.cur = Some((off + n as u64, left - n as u64));
+            return Ok(n);
+        }
+    }
 }
 
 fn header_for(st: &nix::sys::stat::FileStat, t: tar::EntryType) -> tar::Header {
@@ -669,11 +798,11 @@ pub fn clone_tree(
                         if let Some(first) = links.seen(v.stat, v.path) {
                             d.hardlink(v.path, &first)?;
                         } else {
-                            let f = tree::open_file(v.parent, v.name, v.path)?;
+                            let (f, st) = tree::open_file(v.parent, v.name, v.path, v.stat)?;
                             meta.xattrs = tree::read_xattrs(f.as_fd());
                             let out = d.file(v.path)?;
                             drop(d);
-                            tx.send((f, out, v.stat.st_size as u64, meta, v.path.to_vec()))
+                            tx.send((f, out, st.st_size as u64, meta, v.path.to_vec()))
                                 .map_err(|_| tree::Error::Cancelled)?;
                         }
                     }
@@ -991,6 +1120,60 @@ mod tests {
                 "{s}"
             );
         }
+    }
+
+    #[test]
+    fn a_file_that_changes_size_keeps_the_archive_well_formed() {
+        let t = tempfile::tempdir().unwrap();
+        let grow = t.path().join("grow");
+        let shrink = t.path().join("shrink");
+        std::fs::write(&grow, vec![1u8; 1000]).unwrap();
+        std::fs::write(&shrink, vec![2u8; 5000]).unwrap();
+        let fg = File::open(&grow).unwrap();
+        let fs = File::open(&shrink).unwrap();
+        let sg = nix::sys::stat::fstat(&fg).unwrap();
+        let ss = nix::sys::stat::fstat(&fs).unwrap();
+        // after the stat: one grows (a pod appends), the other is truncated
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&grow)
+            .unwrap()
+            .write_all(&[9u8; 7000])
+            .unwrap();
+        File::options()
+            .write(true)
+            .open(&shrink)
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        append_regular(&mut b, Path::new("grow"), &fg, &sg).unwrap();
+        append_regular(&mut b, Path::new("shrink"), &fs, &ss).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        b.append_data(&mut h, "last", &b"end"[..]).unwrap();
+        let bytes = b.into_inner().unwrap();
+        let mut a = tar::Archive::new(&bytes[..]);
+        let mut seen = Vec::new();
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            seen.push((e.path().unwrap().display().to_string(), data));
+        }
+        assert_eq!(seen.len(), 3, "every header in step");
+        assert_eq!(
+            seen[0].1,
+            vec![1u8; 1000],
+            "the size at the stat, not the appended bytes"
+        );
+        let mut want = vec![2u8; 10];
+        want.resize(5000, 0);
+        assert_eq!(
+            seen[1].1, want,
+            "a shrunk file is padded to its stated size"
+        );
+        assert_eq!(seen[2], ("last".to_string(), b"end".to_vec()));
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path:?} was replaced while being read; retry")]
+    Changed { path: String },
     #[error("cancelled")]
     Cancelled,
 }
@@ -189,6 +191,16 @@ fn write_xattrs(fd: BorrowedFd<'_>, xattrs: &[(Vec<u8>, Vec<u8>)], path: &[u8]) 
     Ok(())
 }
 
+/// An export with root_squash maps root to nobody, which may not give
+/// files away: keep the data, warn that the owner could not be restored.
+fn owner_denied(e: Errno, path: &[u8]) -> Result<()> {
+    if matches!(e, Errno::EPERM | Errno::EACCES) {
+        tracing::warn!(path = %show(path), "owner not restored ({e}); is the export root_squash?");
+        return Ok(());
+    }
+    Err(io("chown", path)(e))
+}
+
 fn times(meta: &Meta) -> [TimeSpec; 2] {
     let t = TimeSpec::new(meta.mtime, meta.mtime_nsec);
     [t, t]
@@ -260,8 +272,16 @@ pub fn walk(
     Ok(())
 }
 
-/// Opens a regular file met in a walk, without following a symlink.
-pub fn open_file(parent: &DirFd, name: &OsStr, path: &[u8]) -> Result<File> {
+/// Opens a regular file met in a walk, without following a symlink, and
+/// checks it is still the file the walk saw (a pod may have swapped in a
+/// device node or a FIFO since): same device and inode, still regular.
+/// Returns it with its current stat.
+pub fn open_file(
+    parent: &DirFd,
+    name: &OsStr,
+    path: &[u8],
+    seen: &FileStat,
+) -> Result<(File, FileStat)> {
     let fd = openat(
         parent.fd(),
         name,
@@ -273,7 +293,11 @@ pub fn open_file(parent: &DirFd, name: &OsStr, path: &[u8]) -> Result<File> {
         Mode::empty(),
     )
     .map_err(io("open", path))?;
-    Ok(File::from(fd))
+    let st = nix::sys::stat::fstat(&fd).map_err(io("stat", path))?;
+    if kind(&st) != Kind::File || st.st_dev != seen.st_dev || st.st_ino != seen.st_ino {
+        return Err(Error::Changed { path: show(path) });
+    }
+    Ok((File::from(fd), st))
 }
 
 pub fn read_link(parent: &DirFd, name: &OsStr, path: &[u8]) -> Result<OsString> {
@@ -427,7 +451,7 @@ impl Dest {
                 Some(Uid::from_raw(meta.uid)),
                 Some(Gid::from_raw(meta.gid)),
             )
-            .map_err(io("chown", path))?;
+            .or_else(|e| owner_denied(e, path))?;
         }
         nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(meta.mode & 0o7777))
             .map_err(io("chmod", path))?;
@@ -453,7 +477,7 @@ impl Dest {
                 Some(Gid::from_raw(meta.gid)),
                 AtFlags::AT_SYMLINK_NOFOLLOW,
             )
-            .map_err(io("chown", path))?;
+            .or_else(|e| owner_denied(e, path))?;
         }
         let t = times(meta);
         utimensat(
@@ -537,7 +561,7 @@ impl Dest {
                 Some(Uid::from_raw(meta.uid)),
                 Some(Gid::from_raw(meta.gid)),
             )
-            .map_err(io("chown", path))?;
+            .or_else(|e| owner_denied(e, path))?;
         }
         nix::sys::stat::fchmodat(
             nix::fcntl::AT_FDCWD,

@@ -207,19 +207,24 @@ impl std::fmt::Display for VolumeId {
     }
 }
 
-/// A file name safe to use for an arbitrary CSI name: the name itself when
-/// plain, else `x-` and its hex.
+/// A file name safe to use for an arbitrary CSI name, one name to one file
+/// name: the name itself when plain, `x-` and its hex when not (or when it
+/// starts with `x-` or `h-` itself), `h-` and its SHA-256 when too long.
 pub fn safe_file_name(name: &str) -> String {
     let plain = !name.is_empty()
         && name.len() <= 200
         && !name.starts_with('.')
+        && !name.starts_with("x-")
+        && !name.starts_with("h-")
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if plain {
         name.to_string()
-    } else {
+    } else if name.len() <= 100 {
         format!("x-{}", hex::encode(name.as_bytes()))
+    } else {
+        format!("h-{}", hex::encode(Sha256::digest(name.as_bytes())))
     }
 }
 
@@ -437,6 +442,13 @@ pub struct VolumeRecord {
     /// False while the content is being restored or copied in.
     #[serde(default = "yes")]
     pub populated: bool,
+    /// The directory existed before the volume: never deleted or emptied.
+    #[serde(default)]
+    pub adopted: bool,
+    /// The id CreateVolume returned (ListVolumes returns the same one even
+    /// when the export is known under other mount options too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_id: Option<String>,
 }
 
 fn yes() -> bool {
@@ -616,6 +628,29 @@ mod tests {
         ] {
             assert!(VolumeId::parse(bad).is_err(), "{bad:?} must be rejected");
         }
+    }
+
+    #[test]
+    fn safe_file_names_do_not_collide() {
+        let names = [
+            "pvc-1",
+            "a b",
+            "x-612062",
+            "h-00",
+            &"n".repeat(300),
+            "..",
+            "",
+        ];
+        let files: Vec<String> = names.iter().map(|n| safe_file_name(n)).collect();
+        let unique: std::collections::HashSet<&String> = files.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{files:?}");
+        for f in &files {
+            assert!(
+                f.len() <= 255 && !f.starts_with('.') && !f.contains('/'),
+                "{f}"
+            );
+        }
+        assert_eq!(safe_file_name("pvc-1"), "pvc-1");
     }
 
     #[test]

@@ -755,3 +755,47 @@ async fn concurrent_creates_of_different_volumes_all_succeed() {
         .count();
     assert_eq!(records, 32);
 }
+
+#[tokio::test]
+async fn directories_the_driver_did_not_make_are_never_deleted_and_volumes_do_not_nest() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    std::fs::create_dir_all(Path::new(&root).join("legacy")).unwrap();
+    std::fs::write(Path::new(&root).join("legacy/a.txt"), b"old data").unwrap();
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut c = d.controller().await;
+    // a PVC whose subDir lands on existing data adopts it...
+    let mut kv = ms(&root);
+    kv.push(("subDir", "legacy".into()));
+    let v = c
+        .create_volume(create_req("pvc-l", 1, p(kv)))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    // ...and deleting it (onDelete defaults to delete) keeps the data
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: v.volume_id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read(Path::new(&root).join("legacy/a.txt")).unwrap(),
+        b"old data"
+    );
+    // a volume inside another volume's directory is refused
+    c.create_volume(create_req("outer", 1, p(ms(&root))))
+        .await
+        .unwrap();
+    let mut kv = ms(&root);
+    kv.push(("subDir", "outer/inner".into()));
+    let err = c
+        .create_volume(create_req("inner", 1, p(kv)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains("inside volume"), "{}", err.message());
+    assert!(!Path::new(&root).join("outer/inner").exists());
+}

@@ -471,3 +471,48 @@ async fn another_volume_on_a_staged_path_is_refused() {
         .unwrap();
     assert!(mounts_under(t.path()).is_empty());
 }
+
+#[tokio::test]
+async fn read_only_publish_keeps_nosuid_nodev_noexec() {
+    need_root!();
+    let t = tempfile::tempdir().unwrap();
+    let _guard = MountGuard(t.path().to_path_buf());
+    let share = t.path().join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &share,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .unwrap();
+    std::fs::create_dir_all(share.join("vol")).unwrap();
+    let d = Driver::start(t.path(), &["--mode", "node"]).await;
+    let mut n = d.node().await;
+    let id = format!("v1#mounted#{}#vol", share.display());
+    let staging = t.path().join("kubelet/s/globalmount");
+    let target = t.path().join("kubelet/pods/p/mount");
+    n.node_stage_volume(stage_req(&id, &staging)).await.unwrap();
+    n.node_publish_volume(publish_req(&id, &staging, &target, true))
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let table = nfs_csi::mount::parse_mountinfo(&text).unwrap();
+    let m = nfs_csi::mount::find(&table, &target).expect("target mounted");
+    for flag in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(
+            m.options.iter().any(|o| o == flag),
+            "{flag} missing: {:?}",
+            m.options
+        );
+    }
+    n.node_unpublish_volume(unpublish_req(&id, &target))
+        .await
+        .unwrap();
+    n.node_unstage_volume(unstage_req(&id, &staging))
+        .await
+        .unwrap();
+}

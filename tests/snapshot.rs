@@ -214,6 +214,19 @@ async fn snapshot_restore_round_trip_idempotency_and_listing() {
         "{err}"
     );
 
+    // restoring onto a directory that already holds data is refused
+    std::fs::create_dir_all(root.join("occupied")).unwrap();
+    std::fs::write(root.join("occupied/keep"), b"mine").unwrap();
+    let mut req = create_req("onto", 0, ms(&root));
+    req.parameters.insert("subDir".into(), "occupied".into());
+    req.volume_content_source = Some(csi::VolumeContentSource {
+        r#type: from_snapshot(&s1.snapshot_id),
+    });
+    let err = c.create_volume(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert_eq!(std::fs::read(root.join("occupied/keep")).unwrap(), b"mine");
+    assert_eq!(std::fs::read_dir(root.join("occupied")).unwrap().count(), 1);
+
     // GNU tar restores the archive by hand
     let by_hand = t.path().join("by-hand");
     std::fs::create_dir_all(&by_hand).unwrap();
