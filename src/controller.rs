@@ -972,8 +972,7 @@ impl ControllerService {
                     None => None,
                     Some(store) => match store.state()? {
                         State::Ready(m) => Some(snapshot_ready(&s, &m)),
-                        State::Pending(j) => Some(snapshot_pending(&s, &j)),
-                        State::Absent => None,
+                        State::Pending(_) | State::Absent => None,
                     },
                 })
             })
@@ -1395,10 +1394,11 @@ fn list_snapshots_on(
             export: export.clone(),
             key: key.clone(),
         };
+        // A snapshot is listed once its archive is complete (cut), never
+        // while it is being written (the CSI spec forbids listing those).
         let snap = match store.state() {
             Ok(State::Ready(m)) => snapshot_ready(&id, &m),
-            Ok(State::Pending(j)) => snapshot_pending(&id, &j),
-            Ok(State::Absent) => continue,
+            Ok(State::Pending(_) | State::Absent) => continue,
             Err(e) => {
                 tracing::warn!(snapshot = %key, error = %e, "unreadable snapshot skipped");
                 continue;
