@@ -250,6 +250,30 @@ impl Meta {
         Ok(())
     }
 
+    /// The directory holding `subdir` (None when it is gone) and its name
+    /// there.
+    fn parent_of<'s>(&self, subdir: &'s RelPath) -> Result<(Option<DirFd>, &'s str)> {
+        let (parent, leaf) = subdir.split_last();
+        let dir = match &parent {
+            None => Some(self.root.try_clone()?),
+            Some(p) => self.root.walk(p)?,
+        };
+        Ok((dir, leaf))
+    }
+
+    /// Removes a volume's record and its name entry (if the name still
+    /// points at it), record last so an interrupted removal is redone.
+    fn forget(&self, subdir: &RelPath, rec: Option<&VolumeRecord>) -> Result<()> {
+        if let Some(rec) = rec {
+            let name_file = name_file(&rec.name);
+            if self.names.read_small(&name_file)?.as_deref() == Some(subdir.as_str().as_bytes()) {
+                self.names.remove_file(&name_file)?;
+            }
+        }
+        self.volumes.remove_file(&record_file(subdir))?;
+        Ok(())
+    }
+
     /// The directory's state, for a VolumeCondition.
     fn condition(&self, subdir: &RelPath) -> VolumeCondition {
         let (abnormal, message) = match self.root.walk(subdir) {
@@ -359,11 +383,7 @@ fn delete_on_export(root: &Path, subdir: &RelPath) -> Result<&'static str> {
     let Some(rec) = meta.record(subdir)? else {
         return Ok("unknown volume: nothing to do");
     };
-    let (parent, leaf) = subdir.split_last();
-    let parent_dir = match &parent {
-        None => Some(DirFd::open_root(meta.root.path())?),
-        Some(p) => meta.root.walk(p)?,
-    };
+    let (parent_dir, leaf) = meta.parent_of(subdir)?;
     let done = match (rec.on_delete, parent_dir) {
         (_, None) => "directory already gone",
         (OnDelete::Retain, _) => "directory retained",
@@ -383,11 +403,7 @@ fn delete_on_export(root: &Path, subdir: &RelPath) -> Result<&'static str> {
             }
         }
     };
-    let name_file = name_file(&rec.name);
-    if meta.names.read_small(&name_file)?.as_deref() == Some(subdir.as_str().as_bytes()) {
-        meta.names.remove_file(&name_file)?;
-    }
-    meta.volumes.remove_file(&record_file(subdir))?;
+    meta.forget(subdir, Some(&rec))?;
     Ok(done)
 }
 
@@ -397,11 +413,7 @@ fn discard_on_export(root: &Path, subdir: &RelPath) -> Result<()> {
     let Some(meta) = Meta::open(root, false)? else {
         return Ok(());
     };
-    let (parent, leaf) = subdir.split_last();
-    let parent_dir = match &parent {
-        None => Some(DirFd::open_root(meta.root.path())?),
-        Some(p) => meta.root.walk(p)?,
-    };
+    let (parent_dir, leaf) = meta.parent_of(subdir)?;
     let rec = meta.record(subdir)?;
     if let Some(dir) = parent_dir {
         if rec.as_ref().is_some_and(|r| r.adopted) {
@@ -413,14 +425,7 @@ fn discard_on_export(root: &Path, subdir: &RelPath) -> Result<()> {
             dir.remove_tree(OsStr::new(leaf))?;
         }
     }
-    if let Some(rec) = rec {
-        let name_file = name_file(&rec.name);
-        if meta.names.read_small(&name_file)?.as_deref() == Some(subdir.as_str().as_bytes()) {
-            meta.names.remove_file(&name_file)?;
-        }
-    }
-    meta.volumes.remove_file(&record_file(subdir))?;
-    Ok(())
+    meta.forget(subdir, rec.as_ref())
 }
 
 /// Renames `leaf` to `archived-<leaf>` (or with a time and counter suffix
@@ -687,13 +692,13 @@ impl ControllerService {
             res.map_err(|e| crate::error::chain(&e))
         });
         // Wait as long as the caller does; the job goes on if it gives up.
-        match job.wait(Duration::from_secs(24 * 3600)).await {
-            Some(Ok(())) => {
-                self.jobs.remove(&key);
-                Ok(())
-            }
+        match self
+            .jobs
+            .outcome(&key, &job, Duration::from_secs(24 * 3600))
+            .await
+        {
+            Some(Ok(())) => Ok(()),
             Some(Err(msg)) => {
-                self.jobs.remove(&key);
                 // Leave nothing half-made: the CO got no volume id, so it
                 // could never delete this one.
                 let (root, subdir) = (root_of.clone(), id.subdir.clone());
@@ -749,15 +754,9 @@ impl ControllerService {
                 .map_err(|e| crate::error::chain(&e))
         });
         let fs = self.exports.timeouts().fs;
-        match job.wait(fs).await {
-            Some(Ok(())) => {
-                self.jobs.remove(&key);
-                Ok(csi::DeleteVolumeResponse {})
-            }
-            Some(Err(msg)) => {
-                self.jobs.remove(&key);
-                Err(Error::JobFailed(format!("deleting volume {id}: {msg}")).into())
-            }
+        match self.jobs.outcome(&key, &job, fs).await {
+            Some(Ok(())) => Ok(csi::DeleteVolumeResponse {}),
+            Some(Err(msg)) => Err(Error::JobFailed(format!("deleting volume {id}: {msg}")).into()),
             None => Err(offload::Error::TimedOut {
                 what: format!("deleting volume {id} (still going on; retry)"),
                 secs: fs.as_secs(),
@@ -891,9 +890,8 @@ impl ControllerService {
         });
         // Small volumes finish at once; larger ones report ready_to_use
         // false and the sidecar calls again.
-        match job.wait(Duration::from_secs(2)).await {
+        match self.jobs.outcome(&key, &job, Duration::from_secs(2)).await {
             Some(Ok(())) => {
-                self.jobs.remove(&key);
                 let skey = sid.key.clone();
                 let m = offload::run("read manifest", fs, move || {
                     Ok::<_, crate::error::Error>(
@@ -908,10 +906,7 @@ impl ControllerService {
                     snapshot: Some(snapshot_ready(&sid, &m)),
                 })
             }
-            Some(Err(msg)) => {
-                self.jobs.remove(&key);
-                Err(Error::JobFailed(format!("snapshot {}: {msg}", req.name)).into())
-            }
+            Some(Err(msg)) => Err(Error::JobFailed(format!("snapshot {}: {msg}", req.name)).into()),
             None => Ok(csi::CreateSnapshotResponse {
                 snapshot: Some(snapshot_pending(&sid, &job_meta)),
             }),
@@ -990,20 +985,7 @@ impl ControllerService {
             });
         }
         let exports = self.exports.known();
-        let (start, after) = if req.starting_token.is_empty() {
-            (0, None)
-        } else {
-            let bad = || Error::BadToken(req.starting_token.clone());
-            let (digest, key) = req.starting_token.split_once('/').ok_or_else(bad)?;
-            let idx = exports
-                .iter()
-                .position(|e| token_digest(e) == digest)
-                .ok_or_else(bad)?;
-            if key.is_empty() || key.contains('/') {
-                return Err(bad().into());
-            }
-            (idx, Some(key.to_string()))
-        };
+        let (start, after) = resume_point(&exports, &req.starting_token, |key| !key.is_empty())?;
         let mut entries = Vec::new();
         let mut next_token = String::new();
         for (i, export) in exports.iter().enumerate().skip(start) {
@@ -1124,20 +1106,9 @@ impl ControllerService {
         };
         let exports = self.exports.known();
         // Token: "<export digest>/<record file>" of the last entry returned.
-        let (start_export, after) = if req.starting_token.is_empty() {
-            (0, None)
-        } else {
-            let bad = || Error::BadToken(req.starting_token.clone());
-            let (digest, file) = req.starting_token.split_once('/').ok_or_else(bad)?;
-            let idx = exports
-                .iter()
-                .position(|e| token_digest(e) == digest)
-                .ok_or_else(bad)?;
-            if !file.ends_with(".json") || file.contains('/') {
-                return Err(bad().into());
-            }
-            (idx, Some(file.to_string()))
-        };
+        let (start_export, after) = resume_point(&exports, &req.starting_token, |file| {
+            file.ends_with(".json")
+        })?;
         let mut entries = Vec::new();
         let mut next_token = String::new();
         for (i, export) in exports.iter().enumerate().skip(start_export) {
@@ -1414,6 +1385,29 @@ fn list_snapshots_on(
         last = Some(key);
     }
     Ok((out, None))
+}
+
+/// Where a paged listing resumes: the index of the export and the entry
+/// after which to go on, from a token `<export digest>/<entry>` that this
+/// driver issued (ABORTED otherwise).
+fn resume_point(
+    exports: &[ExportSpec],
+    token: &str,
+    entry_ok: impl Fn(&str) -> bool,
+) -> Result<(usize, Option<String>)> {
+    if token.is_empty() {
+        return Ok((0, None));
+    }
+    let bad = || Error::BadToken(token.to_string());
+    let (digest, entry) = token.split_once('/').ok_or_else(bad)?;
+    let idx = exports
+        .iter()
+        .position(|e| token_digest(e) == digest)
+        .ok_or_else(bad)?;
+    if entry.contains('/') || !entry_ok(entry) {
+        return Err(bad().into());
+    }
+    Ok((idx, Some(entry.to_string())))
 }
 
 fn token_digest(export: &ExportSpec) -> String {

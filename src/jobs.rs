@@ -87,6 +87,16 @@ impl Jobs {
         job
     }
 
+    /// Waits up to `timeout` for `job` (started under `key`) and, once it
+    /// has ended, forgets it: its outcome is reported to this caller only.
+    pub async fn outcome(&self, key: &str, job: &Job, timeout: Duration) -> Option<Outcome> {
+        let out = job.wait(timeout).await;
+        if out.is_some() {
+            self.remove(key);
+        }
+        out
+    }
+
     pub fn get(&self, key: &str) -> Option<Arc<Job>> {
         self.map
             .lock()
