@@ -200,25 +200,14 @@ struct Meta {
 impl Meta {
     fn open(root: &Path, create: bool) -> Result<Option<Meta>> {
         let root = DirFd::open_root(root)?;
-        let meta = if create {
-            Some(root.child_or_create(OsStr::new(RESERVED_DIR), 0o700)?.0)
-        } else {
-            root.child(OsStr::new(RESERVED_DIR))?
+        let Some(meta) = root.subdir(RESERVED_DIR, create)? else {
+            return Ok(None);
         };
-        let Some(meta) = meta else { return Ok(None) };
-        let (volumes, names) = if create {
-            (
-                meta.child_or_create(OsStr::new("volumes"), 0o700)?.0,
-                meta.child_or_create(OsStr::new("names"), 0o700)?.0,
-            )
-        } else {
-            match (
-                meta.child(OsStr::new("volumes"))?,
-                meta.child(OsStr::new("names"))?,
-            ) {
-                (Some(v), Some(n)) => (v, n),
-                _ => return Ok(None),
-            }
+        let (Some(volumes), Some(names)) = (
+            meta.subdir("volumes", create)?,
+            meta.subdir("names", create)?,
+        ) else {
+            return Ok(None);
         };
         Ok(Some(Meta {
             root,
@@ -990,17 +979,8 @@ impl ControllerService {
         let mut next_token = String::new();
         for (i, export) in exports.iter().enumerate().skip(start) {
             let after = if i == start { after.clone() } else { None };
-            let root = match self.exports.ready(export).await {
-                Ok((root, _)) => root,
-                // A server that does not answer may come back: the listing
-                // would silently miss its volumes, so the caller retries.
-                Err(e @ crate::export::Error::NotResponding { .. }) => return Err(e.into()),
-                // One that refuses or is gone (decommissioned) must not block
-                // the listing of the others.
-                Err(e) => {
-                    tracing::warn!(export = %export.key(), error = %e, "export skipped in ListSnapshots");
-                    continue;
-                }
+            let Some(root) = self.listable_root(export, "ListSnapshots").await? else {
+                continue;
             };
             let (spec, source, want) = (
                 export.clone(),
@@ -1035,6 +1015,21 @@ impl ControllerService {
             entries,
             next_token,
         })
+    }
+
+    /// An export's root for a listing: an error for one that does not
+    /// answer (it may come back, and the listing would silently miss its
+    /// entries, so the caller retries); None, with a warning, for one that
+    /// refuses or is gone (decommissioned), so it does not block the others.
+    async fn listable_root(&self, export: &ExportSpec, rpc: &str) -> Result<Option<PathBuf>> {
+        match self.exports.ready(export).await {
+            Ok((root, _)) => Ok(Some(root)),
+            Err(e @ crate::export::Error::NotResponding { .. }) => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(export = %export.key(), error = %e, "export skipped in {rpc}");
+                Ok(None)
+            }
+        }
     }
 
     /// The record of an existing volume, or NOT_FOUND.
@@ -1117,17 +1112,8 @@ impl ControllerService {
             } else {
                 None
             };
-            let root = match self.exports.ready(export).await {
-                Ok((root, _)) => root,
-                // A server that does not answer may come back: the listing
-                // would silently miss its volumes, so the caller retries.
-                Err(e @ crate::export::Error::NotResponding { .. }) => return Err(e.into()),
-                // One that refuses or is gone (decommissioned) must not block
-                // the listing of the others.
-                Err(e) => {
-                    tracing::warn!(export = %export.key(), error = %e, "export skipped in ListVolumes");
-                    continue;
-                }
+            let Some(root) = self.listable_root(export, "ListVolumes").await? else {
+                continue;
             };
             let want = max - entries.len();
             let spec = export.clone();

@@ -114,6 +114,7 @@ impl Jobs {
     }
 
     /// Jobs still running.
+    #[cfg(test)]
     pub fn running(&self) -> usize {
         self.map
             .lock()

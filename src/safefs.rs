@@ -143,6 +143,16 @@ impl DirFd {
         Ok((d, created))
     }
 
+    /// The child directory `name`, created (mode 0700) when `create`;
+    /// `Ok(None)` when it is missing and not to be created.
+    pub fn subdir(&self, name: &str, create: bool) -> Result<Option<DirFd>> {
+        if create {
+            Ok(Some(self.child_or_create(OsStr::new(name), 0o700)?.0))
+        } else {
+            self.child(OsStr::new(name))
+        }
+    }
+
     /// Walks `rel` from this directory; `Ok(None)` when a component is missing.
     pub fn walk(&self, rel: &RelPath) -> Result<Option<DirFd>> {
         let mut cur: Option<DirFd> = None;

@@ -174,29 +174,17 @@ impl Store {
     /// The snapshots directory of an export root (created when `create`).
     pub fn snapshots_dir(root: &Path, create: bool) -> Result<Option<DirFd>> {
         let root = DirFd::open_root(root)?;
-        let meta = if create {
-            Some(root.child_or_create(OsStr::new(RESERVED_DIR), 0o700)?.0)
-        } else {
-            root.child(OsStr::new(RESERVED_DIR))?
+        let Some(meta) = root.subdir(RESERVED_DIR, create)? else {
+            return Ok(None);
         };
-        let Some(meta) = meta else { return Ok(None) };
-        Ok(if create {
-            Some(meta.child_or_create(OsStr::new("snapshots"), 0o700)?.0)
-        } else {
-            meta.child(OsStr::new("snapshots"))?
-        })
+        Ok(meta.subdir("snapshots", create)?)
     }
 
     pub fn open(root: &Path, key: &str, create: bool) -> Result<Option<Store>> {
         let Some(snaps) = Self::snapshots_dir(root, create)? else {
             return Ok(None);
         };
-        let dir = if create {
-            Some(snaps.child_or_create(OsStr::new(key), 0o700)?.0)
-        } else {
-            snaps.child(OsStr::new(key))?
-        };
-        Ok(dir.map(|dir| Store { dir }))
+        Ok(snaps.subdir(key, create)?.map(|dir| Store { dir }))
     }
 
     fn read_json<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Option<T>> {
