@@ -5,7 +5,8 @@ use nix::errno::Errno;
 use tonic::{Code, Status};
 
 use crate::{
-    command, controller, export, inflight, mount, node, offload, safefs, snapshot, tree, volume,
+    command, controller, export, hostpath, inflight, mount, mountopts, node, offload, safefs,
+    snapshot, tree, volume,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,10 @@ pub enum Error {
     Snapshot(#[from] snapshot::Error),
     #[error(transparent)]
     Tree(#[from] tree::Error),
+    #[error(transparent)]
+    HostPath(#[from] hostpath::Error),
+    #[error(transparent)]
+    MountOption(#[from] mountopts::Error),
 }
 
 fn tree_code(e: &tree::Error) -> Code {
@@ -115,15 +120,15 @@ pub fn code(err: &Error) -> Code {
             C::CorruptRecord { .. } => Code::Internal,
         },
         Error::Node(e) => match e {
-            N::Missing(_)
-            | N::Block
-            | N::PathOutside { .. }
-            | N::InlineDisabled
-            | N::InlineParameter { .. } => Code::InvalidArgument,
+            N::Missing(_) | N::Block | N::InlineDisabled | N::InlineParameter { .. } => {
+                Code::InvalidArgument
+            }
             N::InlineServer(_) => Code::PermissionDenied,
-            N::NotStaged { .. } => Code::FailedPrecondition,
+            N::NotStaged { .. } | N::WrongStage { .. } | N::SingleWriter { .. } => {
+                Code::FailedPrecondition
+            }
             N::Conflict { .. } => Code::AlreadyExists,
-            N::NotMounted { .. } => Code::NotFound,
+            N::NotMounted { .. } | N::NoVolumeAt { .. } => Code::NotFound,
             N::NotEmpty { .. } | N::NotReadOnly { .. } => Code::Internal,
         },
         Error::Snapshot(e) => match e {
@@ -134,6 +139,14 @@ pub fn code(err: &Error) -> Code {
             snapshot::Error::Io { .. } | snapshot::Error::BadJson(..) => Code::Internal,
         },
         Error::Tree(t) => tree_code(t),
+        Error::HostPath(e) => match e {
+            hostpath::Error::NotBelow { .. } | hostpath::Error::Symlink { .. } => {
+                Code::InvalidArgument
+            }
+            hostpath::Error::NotADirectory { .. } => Code::FailedPrecondition,
+            hostpath::Error::Io { source, .. } => errno_code(*source),
+        },
+        Error::MountOption(_) => Code::InvalidArgument,
     }
 }
 
@@ -175,7 +188,8 @@ pub fn to_status(err: impl Into<Error>) -> Status {
 /// The module an error comes from, for the errors metric.
 fn kind(err: &Error) -> &'static str {
     match err {
-        Error::Volume(_) => "request",
+        Error::Volume(_) | Error::MountOption(_) => "request",
+        Error::HostPath(_) => "path",
         Error::Fs(_) | Error::Tree(_) => "filesystem",
         Error::Mount(_) => "mount",
         Error::Export(_) => "export",

@@ -8,15 +8,29 @@
 //! under a timeout; bind mounts and unmounts are syscalls. Unmount retries
 //! EBUSY a few times, then detaches lazily so the call returns. Every
 //! function here blocks; call them through `offload`.
+//!
+//! The node's mounts act on descriptors, never on path strings: a target is
+//! a directory opened by `hostpath` (no symlink followed), a mount is made
+//! as a detached tree (`open_tree`), made read-only while still detached
+//! (`mount_setattr`), and attached onto the target's descriptor
+//! (`move_mount`); an NFS mount is made by `mount -t nfs` in a private
+//! scratch directory of the driver and moved the same way. An unmount names
+//! the mount point through its parent's descriptor and never follows a
+//! symlink in its last component.
 
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MntFlags;
+use rustix::mount::{MoveMountFlags, OpenTreeFlags};
 
 use crate::command;
+use crate::hostpath;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -39,6 +53,32 @@ pub enum Error {
     },
     #[error(transparent)]
     Command(#[from] command::Error),
+}
+
+/// A directory held open by descriptor, with the path it was reached by
+/// (for messages, the mount table and the fake).
+#[derive(Clone, Copy, Debug)]
+pub struct At<'a> {
+    pub fd: BorrowedFd<'a>,
+    pub path: &'a Path,
+}
+
+impl<'a> From<&'a hostpath::HostDir> for At<'a> {
+    fn from(d: &'a hostpath::HostDir) -> Self {
+        At {
+            fd: d.fd(),
+            path: d.path(),
+        }
+    }
+}
+
+impl<'a> From<&'a crate::safefs::DirFd> for At<'a> {
+    fn from(d: &'a crate::safefs::DirFd) -> Self {
+        At {
+            fd: d.fd(),
+            path: d.path(),
+        }
+    }
 }
 
 type Result<T> = std::result::Result<T, Error>;
@@ -131,14 +171,26 @@ pub fn find<'a>(table: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> 
 
 /// Mount operations, real or recorded.
 pub trait Mounter: Send + Sync {
-    /// `mount -t nfs -o OPTIONS SOURCE TARGET`.
+    /// `mount -t nfs -o OPTIONS SOURCE TARGET` on a path the driver owns
+    /// (the controller's export mounts under its work dir).
     fn mount_nfs(&self, source: &str, target: &Path, options: &[String]) -> Result<()>;
-    /// Bind mount; `readonly` remounts the bind read-only.
-    fn bind(&self, source: &Path, target: &Path, readonly: bool) -> Result<()>;
-    /// Unmount, retrying EBUSY, then detaching lazily. Not mounted is fine.
+    /// Mounts `source` (`server:/path`) with `options` onto the directory
+    /// open at `target`.
+    fn attach_nfs(&self, source: &str, options: &[String], target: At<'_>) -> Result<()>;
+    /// Binds the directory open at `source` onto the directory open at
+    /// `target`, read-only from the start when asked.
+    fn attach_bind(&self, source: At<'_>, target: At<'_>, readonly: bool) -> Result<()>;
+    /// Unmount a path the driver owns, retrying EBUSY, then detaching
+    /// lazily. Not mounted is fine.
     fn unmount(&self, target: &Path) -> Result<()>;
     /// Lazy detach at once (for mounts whose server does not answer).
     fn detach(&self, target: &Path) -> Result<()>;
+    /// Unmounts the topmost mount on `name` in the directory open at
+    /// `parent`, never following a symlink there: at once and lazily when
+    /// `lazy`, else retrying EBUSY, then detaching. Not mounted is fine.
+    fn unmount_at(&self, parent: At<'_>, name: &OsStr, lazy: bool) -> Result<()>;
+    /// The id of the mount the directory open at `dir` is on.
+    fn mount_id(&self, dir: At<'_>) -> Result<u32>;
     /// The current mount table.
     fn mounts(&self) -> Result<Vec<MountEntry>>;
 }
@@ -146,9 +198,156 @@ pub trait Mounter: Send + Sync {
 /// The real thing: syscalls and `mount(8)`.
 pub struct SystemMounter {
     pub command_timeout: Duration,
+    /// A directory of the driver's own where NFS mounts are made before
+    /// they are moved onto their target.
+    pub scratch_dir: PathBuf,
+}
+
+/// `struct mount_attr` of `mount_setattr(2)` (linux/mount.h).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// Makes the detached mount `tree` read-only (not covered by rustix).
+fn set_read_only(tree: BorrowedFd<'_>) -> std::result::Result<(), Errno> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: the arguments are a valid descriptor, a NUL-terminated empty
+    // path, and a pointer to a live `mount_attr` with its size; the kernel
+    // only reads them.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            nix::libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+fn rustix_errno(e: rustix::io::Errno) -> Errno {
+    Errno::from_raw(e.raw_os_error())
+}
+
+impl SystemMounter {
+    /// Clones the mount at `source` as a detached tree, read-only if asked,
+    /// and attaches it onto `target`.
+    fn clone_onto(&self, source: At<'_>, target: At<'_>, readonly: bool) -> Result<()> {
+        let err = |cause| Error::Syscall {
+            source_path: source.path.display().to_string(),
+            target: target.path.to_path_buf(),
+            cause,
+        };
+        let tree = rustix::mount::open_tree(
+            source.fd,
+            "",
+            OpenTreeFlags::OPEN_TREE_CLONE
+                | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                | OpenTreeFlags::AT_EMPTY_PATH,
+        )
+        .map_err(|e| err(rustix_errno(e)))?;
+        if readonly {
+            set_read_only(tree.as_fd()).map_err(err)?;
+        }
+        rustix::mount::move_mount(
+            tree.as_fd(),
+            "",
+            target.fd,
+            "",
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+        .map_err(|e| err(rustix_errno(e)))
+    }
 }
 
 impl Mounter for SystemMounter {
+    fn attach_nfs(&self, source: &str, options: &[String], target: At<'_>) -> Result<()> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let scratch = self.scratch_dir.join(format!(
+            "m-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let err = |cause| Error::Syscall {
+            source_path: source.to_string(),
+            target: scratch.clone(),
+            cause,
+        };
+        std::fs::create_dir_all(&scratch).map_err(|e| err(crate::safefs::errno_of(&e)))?;
+        let out = self.mount_nfs(source, &scratch, options).and_then(|()| {
+            let dir = nix::fcntl::open(
+                &scratch,
+                nix::fcntl::OFlag::O_PATH
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_NOFOLLOW
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(err)?;
+            let at = At {
+                fd: dir.as_fd(),
+                path: Path::new(source),
+            };
+            self.clone_onto(at, target, false)
+        });
+        // The mount lives on at the target; the scratch one goes at once.
+        let _ = nix::mount::umount2(&scratch, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW);
+        let _ = std::fs::remove_dir(&scratch);
+        out
+    }
+
+    fn attach_bind(&self, source: At<'_>, target: At<'_>, readonly: bool) -> Result<()> {
+        self.clone_onto(source, target, readonly)
+    }
+
+    fn unmount_at(&self, parent: At<'_>, name: &OsStr, lazy: bool) -> Result<()> {
+        // The kernel resolves the descriptor link to the validated parent
+        // itself; only `name` is looked up, and not followed.
+        let path = PathBuf::from(format!("/proc/self/fd/{}", parent.fd.as_raw_fd())).join(name);
+        let shown = parent.path.join(name);
+        let fail = |cause| Error::Unmount {
+            target: shown.clone(),
+            cause,
+        };
+        if !lazy {
+            for attempt in 0..5 {
+                match nix::mount::umount2(&path, MntFlags::UMOUNT_NOFOLLOW) {
+                    Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => return Ok(()),
+                    Err(Errno::EBUSY) if attempt < 4 => {
+                        std::thread::sleep(Duration::from_millis(100 << attempt));
+                    }
+                    Err(Errno::EBUSY) => break,
+                    Err(e) => return Err(fail(e)),
+                }
+            }
+        }
+        match nix::mount::umount2(&path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => Ok(()),
+            Err(e) => Err(fail(e)),
+        }
+    }
+
+    fn mount_id(&self, dir: At<'_>) -> Result<u32> {
+        hostpath::mount_id(dir.fd).map_err(|cause| Error::Syscall {
+            source_path: "mount id".into(),
+            target: dir.path.to_path_buf(),
+            cause,
+        })
+    }
+
     fn mount_nfs(&self, source: &str, target: &Path, options: &[String]) -> Result<()> {
         let mut args = vec!["-t".to_string(), "nfs".to_string()];
         if !options.is_empty() {
@@ -158,51 +357,6 @@ impl Mounter for SystemMounter {
         args.push(source.to_string());
         args.push(target.to_string_lossy().into_owned());
         command::run("mount", &args, self.command_timeout)?;
-        Ok(())
-    }
-
-    fn bind(&self, source: &Path, target: &Path, readonly: bool) -> Result<()> {
-        let err = |cause| Error::Syscall {
-            source_path: source.display().to_string(),
-            target: target.to_path_buf(),
-            cause,
-        };
-        nix::mount::mount(
-            Some(source),
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(err)?;
-        if readonly {
-            // A remount sets every per-mount flag: keep the source's nosuid,
-            // nodev, noexec and atime flags, or the read-only bind would be
-            // more permissive than what it binds.
-            let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-            if let Ok(st) = nix::sys::statvfs::statvfs(target) {
-                use nix::sys::statvfs::FsFlags;
-                for (has, set) in [
-                    (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-                    (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-                    (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-                    (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-                    (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-                    (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-                ] {
-                    if st.flags().contains(has) {
-                        flags |= set;
-                    }
-                }
-            }
-            if let Err(e) =
-                nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
-            {
-                // Never leave a writable bind behind a failed read-only request.
-                let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
-                return Err(err(e));
-            }
-        }
         Ok(())
     }
 
@@ -274,8 +428,9 @@ impl FakeMounter {
     }
 
     fn entry(source: &str, target: &Path, fstype: &str, ro: bool) -> MountEntry {
+        static NEXT_ID: AtomicU32 = AtomicU32::new(1000);
         MountEntry {
-            mount_id: 0,
+            mount_id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             parent_id: 0,
             dev: "0:0".into(),
             root: PathBuf::from("/"),
@@ -313,13 +468,33 @@ impl Mounter for FakeMounter {
         Ok(())
     }
 
-    fn bind(&self, source: &Path, target: &Path, readonly: bool) -> Result<()> {
-        let src = source.display().to_string();
+    fn attach_nfs(&self, source: &str, options: &[String], target: At<'_>) -> Result<()> {
+        self.mount_nfs(source, target.path, options)
+    }
+
+    fn attach_bind(&self, source: At<'_>, target: At<'_>, readonly: bool) -> Result<()> {
+        let src = source.path.display().to_string();
         self.record(
-            format!("bind {src} {} ro={readonly}", target.display()),
-            Some(Self::entry(&src, target, "none", readonly)),
+            format!("bind {src} {} ro={readonly}", target.path.display()),
+            Some(Self::entry(&src, target.path, "none", readonly)),
         );
         Ok(())
+    }
+
+    fn unmount_at(&self, parent: At<'_>, name: &OsStr, lazy: bool) -> Result<()> {
+        let target = parent.path.join(name);
+        if lazy {
+            self.detach(&target)
+        } else {
+            self.unmount(&target)
+        }
+    }
+
+    /// The id of the fake's topmost entry at the directory's path, else 0
+    /// (what every unmounted directory is on).
+    fn mount_id(&self, dir: At<'_>) -> Result<u32> {
+        let table = self.mounts()?;
+        Ok(find(&table, dir.path).map_or(0, |m| m.mount_id))
     }
 
     fn unmount(&self, target: &Path) -> Result<()> {
@@ -392,6 +567,7 @@ mod tests {
     fn reads_this_process_mount_table() {
         let t = SystemMounter {
             command_timeout: Duration::from_secs(1),
+            scratch_dir: PathBuf::from("/nonexistent"),
         }
         .mounts()
         .unwrap();

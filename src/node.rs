@@ -15,7 +15,6 @@
 //! mount whose server does not answer is detached lazily.
 
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,8 +30,10 @@ use crate::csi::v1::{
 };
 use crate::error::{Error as DriverError, respond};
 use crate::export::ExportSpec;
+use crate::hostpath::{self, HostPath};
 use crate::inflight::InFlight;
 use crate::mount::{self, MountEntry, Mounter};
+use crate::mountopts;
 use crate::offload::{self, Probes};
 use crate::safefs::{self, DirFd};
 use crate::volume::{RelPath, VolumeId, absolute_path};
@@ -48,10 +49,18 @@ pub enum Error {
         "block access is not supported: nfs-csi volumes are directories; use volumeMode: Filesystem"
     )]
     Block,
-    #[error("{path} is outside the kubelet directory {kubelet_dir}")]
-    PathOutside { path: PathBuf, kubelet_dir: PathBuf },
     #[error("volume is not staged: nothing is mounted at {staging}; call NodeStageVolume first")]
     NotStaged { staging: PathBuf },
+    #[error(
+        "{staging} holds the stage of another volume ({found}), not of this one; publish from this volume's own staging path"
+    )]
+    WrongStage { staging: PathBuf, found: String },
+    #[error(
+        "the volume is ReadWriteOncePod (SINGLE_NODE_SINGLE_WRITER) and already published at {other}; unpublish it there first"
+    )]
+    SingleWriter { other: PathBuf },
+    #[error("no volume at {path}: the path does not exist")]
+    NoVolumeAt { path: String },
     #[error("{path} already has another mount: {reason}")]
     Conflict { path: PathBuf, reason: String },
     #[error("nothing is mounted at {path}")]
@@ -104,49 +113,82 @@ impl NodeService {
         self.config.mount_timeout + self.config.fs_timeout
     }
 
-    /// Validates a path from a request.
+    /// The directory every staging and target path must be strictly below.
+    fn base(&self) -> PathBuf {
+        self.config
+            .kubelet_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/"))
+    }
+
+    /// Validates a path from a request: absolute, no `.`, `..` or empty
+    /// components, strictly below the kubelet directory. Symlinks are
+    /// checked when the path is opened (see `hostpath`).
     fn path(&self, what: &'static str, s: &str) -> Result<PathBuf> {
         if s.is_empty() {
             return Err(Error::Missing(what).into());
         }
         let p = absolute_path(what, s)?;
-        if let Some(k) = &self.config.kubelet_dir
-            && !p.starts_with(k)
-        {
-            return Err(Error::PathOutside {
-                path: p,
-                kubelet_dir: k.clone(),
-            }
-            .into());
-        }
+        hostpath::check_below(&self.base(), &p)?;
         Ok(p)
     }
 
-    async fn mounts(&self) -> Result<Vec<MountEntry>> {
-        let m = self.mounter.clone();
-        Ok(
-            offload::run("read mount table", self.config.fs_timeout, move || {
-                m.mounts()
-            })
-            .await??,
-        )
-    }
-
     /// NFS options: the capability's flags first, then the given fallbacks,
-    /// then the driver's defaults; an option named earlier wins.
-    fn nfs_options(&self, sources: &[&[String]]) -> Vec<String> {
+    /// then the driver's defaults; an option named earlier wins. Every one
+    /// is checked (nothing that changes what is mounted).
+    fn nfs_options(&self, sources: &[&[String]]) -> Result<Vec<String>> {
         let mut out: Vec<String> = Vec::new();
         let name = |o: &str| o.split('=').next().unwrap_or(o).to_string();
         let defaults = self.config.nfs_default_options.as_slice();
         for list in sources.iter().copied().chain(std::iter::once(defaults)) {
-            for o in list.iter().flat_map(|f| f.split(',')).map(str::trim) {
-                if o.is_empty() || out.iter().any(|x| name(x) == name(o)) {
+            for o in mountopts::split(list) {
+                if out.iter().any(|x| name(x) == name(&o)) {
                     continue;
                 }
-                out.push(o.to_string());
+                out.push(o);
             }
         }
-        out
+        mountopts::check_all(&out)?;
+        Ok(out)
+    }
+
+    /// What the stage mount of a volume is: from its id, or for a
+    /// statically provisioned PV (written by the admin) from its
+    /// volumeAttributes.
+    fn stage_source(
+        &self,
+        volume_id: &str,
+        ctx: &HashMap<String, String>,
+        flags: &[String],
+    ) -> Result<Source> {
+        let ctx_options: Vec<String> = ctx
+            .get("mountOptions")
+            .map(|o| vec![o.clone()])
+            .unwrap_or_default();
+        Ok(match VolumeId::parse(volume_id) {
+            Ok(id) => match &id.export {
+                ExportSpec::Nfs { options, .. } => Source::Nfs {
+                    source: id.export.nfs_source(Some(&id.subdir)).unwrap_or_default(),
+                    options: self.nfs_options(&[flags, &ctx_options, options])?,
+                },
+                ExportSpec::Mounted { root } => Source::Dir {
+                    root: root.clone(),
+                    subdir: id.subdir.clone(),
+                },
+            },
+            Err(e) => match (ctx.get("server"), ctx.get("share")) {
+                (Some(server), Some(share)) => {
+                    let options = self.nfs_options(&[flags, &ctx_options])?;
+                    let export = ExportSpec::nfs(server, share, &options)?;
+                    let subdir = ctx.get("subDir").map(|s| RelPath::parse(s)).transpose()?;
+                    Source::Nfs {
+                        source: export.nfs_source(subdir.as_ref()).unwrap_or_default(),
+                        options,
+                    }
+                }
+                _ => return Err(e.into()),
+            },
+        })
     }
 
     async fn stage(
@@ -158,129 +200,97 @@ impl NodeService {
         }
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let flags = mount_flags(req.volume_capability.as_ref())?;
-        let ctx = &req.volume_context;
-        let ctx_options: Vec<String> = ctx
-            .get("mountOptions")
-            .map(|o| vec![o.clone()])
-            .unwrap_or_default();
-        let source = match VolumeId::parse(&req.volume_id) {
-            Ok(id) => match &id.export {
-                ExportSpec::Nfs { options, .. } => Source::Nfs {
-                    source: id.export.nfs_source(Some(&id.subdir)).unwrap_or_default(),
-                    options: self.nfs_options(&[&flags, &ctx_options, options]),
-                },
-                ExportSpec::Mounted { root } => Source::Dir {
-                    root: root.clone(),
-                    subdir: id.subdir.clone(),
-                },
-            },
-            // A statically provisioned PV (written by the admin) names its
-            // export in volumeAttributes instead of in its handle.
-            Err(e) => match (ctx.get("server"), ctx.get("share")) {
-                (Some(server), Some(share)) => {
-                    let options = self.nfs_options(&[&flags, &ctx_options]);
-                    let export = ExportSpec::nfs(server, share, &options)?;
-                    let subdir = ctx.get("subDir").map(|s| RelPath::parse(s)).transpose()?;
-                    Source::Nfs {
-                        source: export.nfs_source(subdir.as_ref()).unwrap_or_default(),
-                        options,
-                    }
-                }
-                _ => return Err(e.into()),
-            },
-        };
+        let source = self.stage_source(&req.volume_id, &req.volume_context, &flags)?;
         let _guard = self
             .inflight
             .acquire(&[format!("path:{}", staging.display())])?;
-        let table = self.mounts().await?;
-        if let Some(existing) = mount::find(&table, &staging) {
-            return if self.same_source(&table, existing, &source) {
-                tracing::info!(staging = %staging.display(), "already staged");
-                Ok(csi::NodeStageVolumeResponse {})
-            } else {
-                Err(Error::Conflict {
-                    path: staging,
-                    reason: format!("{} is mounted there, not this volume", existing.source),
+        let (m, base, path) = (self.mounter.clone(), self.base(), staging.clone());
+        let outcome = offload::run(
+            "stage mount",
+            self.op_timeout(),
+            move || -> Result<Outcome> {
+                let hp = resolve(&base, &path, true)?;
+                let dir = hp.dir_or_create()?;
+                let table = m.mounts()?;
+                if let Some(existing) = mounted_at(m.as_ref(), &table, &hp, &dir)? {
+                    return Ok(if same_source(&table, existing, &source) {
+                        Outcome::Already
+                    } else {
+                        Outcome::Conflict(format!(
+                            "{} is mounted there, not this volume",
+                            existing.source
+                        ))
+                    });
                 }
-                .into())
-            };
-        }
-        let m = self.mounter.clone();
-        let target = staging.clone();
-        offload::run("stage mount", self.op_timeout(), move || -> Result<()> {
-            create_dir(&target)?;
-            match source {
-                Source::Nfs { source, options } => m.mount_nfs(&source, &target, &options)?,
-                Source::Dir { root, subdir } => {
-                    let dir = DirFd::open_root(&root)?.walk(&subdir)?.ok_or_else(|| {
-                        safefs::Error::Io {
-                            op: "open",
-                            path: root.join(subdir.as_str()),
-                            source: Errno::ENOENT,
-                        }
-                    })?;
-                    let via = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-                    m.bind(&via, &target, false)?;
+                match &source {
+                    Source::Nfs { source, options } => {
+                        m.attach_nfs(source, options, (&dir).into())?
+                    }
+                    Source::Dir { root, subdir } => {
+                        let share = DirFd::open_root(root)?.walk(subdir)?.ok_or_else(|| {
+                            safefs::Error::Io {
+                                op: "open",
+                                path: root.join(subdir.as_str()),
+                                source: Errno::ENOENT,
+                            }
+                        })?;
+                        m.attach_bind((&share).into(), (&dir).into(), false)?;
+                    }
                 }
-            }
-            Ok(())
-        })
+                Ok(Outcome::Done)
+            },
+        )
         .await??;
-        tracing::info!(staging = %staging.display(), "staged");
+        outcome.finish(&staging, "staged")?;
         Ok(csi::NodeStageVolumeResponse {})
-    }
-
-    /// Whether the mount `entry` is the stage mount `source` asks for.
-    fn same_source(&self, table: &[MountEntry], entry: &MountEntry, source: &Source) -> bool {
-        match source {
-            Source::Nfs { source, .. } => entry.is_nfs() && entry.source == *source,
-            Source::Dir { root, subdir } => {
-                // The share's own mount: the longest mount point above the directory.
-                let dir = root.join(subdir.as_str());
-                let Some(share) = table
-                    .iter()
-                    .filter(|m| dir.starts_with(&m.mount_point))
-                    .max_by_key(|m| m.mount_point.as_os_str().len())
-                else {
-                    return false;
-                };
-                let rel = dir.strip_prefix(&share.mount_point).unwrap_or(&dir);
-                entry.dev == share.dev && entry.root == share.root.join(rel)
-            }
-        }
     }
 
     /// Unmounts everything at `path` (stacked mounts too) and removes the
     /// directory. A mount whose NFS server does not answer is detached.
+    /// Only a mount whose mount point is exactly the validated directory is
+    /// unmounted; a symlink or a file there is an error and stays.
     async fn teardown(&self, path: &Path) -> Result<()> {
+        let base = self.base();
         for _ in 0..8 {
-            let table = self.mounts().await?;
-            let Some(entry) = mount::find(&table, path).cloned() else {
+            let (m, b, p) = (self.mounter.clone(), base.clone(), path.to_path_buf());
+            let entry = offload::run("find mount", self.config.fs_timeout, move || {
+                let Some(hp) = HostPath::resolve(&b, &p, false)? else {
+                    return Ok(None);
+                };
+                let Some(dir) = hp.dir()? else {
+                    return Ok(None);
+                };
+                let table = m.mounts()?;
+                Ok::<_, DriverError>(mounted_at(m.as_ref(), &table, &hp, &dir)?.cloned())
+            })
+            .await??;
+            let Some(entry) = entry else {
                 break;
             };
             let alive = !entry.is_nfs() || self.statvfs(path).await.is_ok();
-            let m = self.mounter.clone();
-            let target = path.to_path_buf();
-            if alive {
-                offload::run("unmount", self.op_timeout(), move || m.unmount(&target)).await??;
-            } else {
+            if !alive {
                 tracing::warn!(path = %path.display(), "server not responding: detaching lazily");
-                offload::run("detach", self.op_timeout(), move || m.detach(&target)).await??;
             }
+            let (m, b, p) = (self.mounter.clone(), base.clone(), path.to_path_buf());
+            offload::run("unmount", self.op_timeout(), move || -> Result<()> {
+                if let Some(hp) = HostPath::resolve(&b, &p, false)? {
+                    m.unmount_at(hp.parent().into(), hp.name(), !alive)?;
+                }
+                Ok(())
+            })
+            .await??;
         }
-        let target = path.to_path_buf();
+        let p = path.to_path_buf();
         offload::run("remove mount point", self.config.fs_timeout, move || {
-            match std::fs::remove_dir(&target) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) if e.raw_os_error() == Some(Errno::ENOTEMPTY as i32) => {
-                    Err(Error::NotEmpty { path: target }.into())
-                }
-                Err(e) if e.raw_os_error() == Some(Errno::ENOTDIR as i32) => {
-                    // kubelet may hand a file for a file-type target
-                    std::fs::remove_file(&target).map_err(|e| io_err("remove", &target, e))
-                }
-                Err(e) => Err(io_err("rmdir", &target, e)),
+            let Some(hp) = HostPath::resolve(&base, &p, false)? else {
+                return Ok(());
+            };
+            match hp.remove_dir() {
+                Err(hostpath::Error::Io {
+                    source: Errno::ENOTEMPTY,
+                    ..
+                }) => Err(Error::NotEmpty { path: p }.into()),
+                other => Ok::<_, DriverError>(other?),
             }
         })
         .await?
@@ -328,50 +338,69 @@ impl NodeService {
             return self.publish_inline(&req, target, &flags).await;
         }
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
+        let single_writer = is_single_writer(req.volume_capability.as_ref());
+        let expected = self.stage_source(&req.volume_id, &req.volume_context, &flags)?;
         let _guard = self
             .inflight
             .acquire(&[format!("path:{}", target.display())])?;
-        let table = self.mounts().await?;
-        let stage = mount::find(&table, &staging)
-            .cloned()
-            .ok_or_else(|| Error::NotStaged {
-                staging: staging.clone(),
-            })?;
-        if let Some(existing) = mount::find(&table, &target) {
-            let same = existing.dev == stage.dev && existing.root == stage.root;
-            if same && existing.read_only() == req.readonly {
-                tracing::info!(target = %target.display(), "already published");
-                return Ok(csi::NodePublishVolumeResponse {});
-            }
-            let reason = if same {
-                format!(
-                    "this volume is published there {}, the request asks {}",
-                    rw(existing.read_only()),
-                    rw(req.readonly)
-                )
-            } else {
-                format!("{} is mounted there, not this volume", existing.source)
-            };
-            return Err(Error::Conflict {
-                path: target,
-                reason,
-            }
-            .into());
-        }
-        let m = self.mounter.clone();
-        let (src, dst, ro) = (staging.clone(), target.clone(), req.readonly);
-        offload::run(
+        let (m, base, ro) = (self.mounter.clone(), self.base(), req.readonly);
+        let (stg, tgt) = (staging.clone(), target.clone());
+        let outcome = offload::run(
             "publish bind mount",
             self.op_timeout(),
-            move || -> Result<()> {
-                create_dir(&dst)?;
-                m.bind(&src, &dst, ro)?;
-                Ok(())
+            move || -> Result<Outcome> {
+                let table = m.mounts()?;
+                let not_staged = || Error::NotStaged {
+                    staging: stg.clone(),
+                };
+                let shp = HostPath::resolve(&base, &stg, false)?.ok_or_else(not_staged)?;
+                let sdir = shp.dir()?.ok_or_else(not_staged)?;
+                let stage = mounted_at(m.as_ref(), &table, &shp, &sdir)?.ok_or_else(not_staged)?;
+                if !same_source(&table, stage, &expected) {
+                    return Err(Error::WrongStage {
+                        staging: stg.clone(),
+                        found: stage.source.clone(),
+                    }
+                    .into());
+                }
+                let thp = resolve(&base, &tgt, true)?;
+                let tdir = thp.dir_or_create()?;
+                if let Some(existing) = mounted_at(m.as_ref(), &table, &thp, &tdir)? {
+                    let same = existing.dev == stage.dev && existing.root == stage.root;
+                    if same && existing.read_only() == ro {
+                        return Ok(Outcome::Already);
+                    }
+                    return Ok(Outcome::Conflict(if same {
+                        format!(
+                            "this volume is published there {}, the request asks {}",
+                            rw(existing.read_only()),
+                            rw(ro)
+                        )
+                    } else {
+                        format!("{} is mounted there, not this volume", existing.source)
+                    }));
+                }
+                if single_writer
+                    && let Some(other) = table.iter().find(|e| {
+                        e.dev == stage.dev
+                            && e.root == stage.root
+                            && e.mount_point != stg
+                            && e.mount_point != tgt
+                    })
+                {
+                    return Err(Error::SingleWriter {
+                        other: other.mount_point.clone(),
+                    }
+                    .into());
+                }
+                m.attach_bind((&sdir).into(), (&tdir).into(), ro)?;
+                Ok(Outcome::Done)
             },
         )
         .await??;
-        self.check_read_only(&target, req.readonly).await?;
-        tracing::info!(target = %target.display(), readonly = req.readonly, "published");
+        if outcome.finish(&target, "published")? {
+            self.check_read_only(&target, req.readonly).await?;
+        }
         Ok(csi::NodePublishVolumeResponse {})
     }
 
@@ -392,6 +421,16 @@ impl NodeService {
         .into())
     }
 
+    async fn mounts(&self) -> Result<Vec<MountEntry>> {
+        let m = self.mounter.clone();
+        Ok(
+            offload::run("read mount table", self.config.fs_timeout, move || {
+                m.mounts()
+            })
+            .await??,
+        )
+    }
+
     async fn publish_inline(
         &self,
         req: &csi::NodePublishVolumeRequest,
@@ -405,35 +444,45 @@ impl NodeService {
         let _guard = self
             .inflight
             .acquire(&[format!("path:{}", target.display())])?;
-        let table = self.mounts().await?;
-        if let Some(existing) = mount::find(&table, &target) {
-            if existing.is_nfs()
-                && existing.source == source
-                && existing.read_only() == req.readonly
-            {
-                return Ok(csi::NodePublishVolumeResponse {});
-            }
-            return Err(Error::Conflict {
-                path: target,
-                reason: format!("{} is mounted there", existing.source),
-            }
-            .into());
-        }
-        let m = self.mounter.clone();
-        let dst = target.clone();
-        offload::run("inline mount", self.op_timeout(), move || -> Result<()> {
-            create_dir(&dst)?;
-            m.mount_nfs(&source, &dst, &options)?;
-            Ok(())
-        })
+        let (m, base, ro, tgt) = (
+            self.mounter.clone(),
+            self.base(),
+            req.readonly,
+            target.clone(),
+        );
+        let outcome = offload::run(
+            "inline mount",
+            self.op_timeout(),
+            move || -> Result<Outcome> {
+                let hp = resolve(&base, &tgt, true)?;
+                let dir = hp.dir_or_create()?;
+                let table = m.mounts()?;
+                if let Some(existing) = mounted_at(m.as_ref(), &table, &hp, &dir)? {
+                    return Ok(
+                        if existing.is_nfs()
+                            && existing.source == source
+                            && existing.read_only() == ro
+                        {
+                            Outcome::Already
+                        } else {
+                            Outcome::Conflict(format!("{} is mounted there", existing.source))
+                        },
+                    );
+                }
+                m.attach_nfs(&source, &options, (&dir).into())?;
+                Ok(Outcome::Done)
+            },
+        )
         .await??;
-        self.check_read_only(&target, req.readonly).await?;
-        tracing::info!(target = %target.display(), "inline volume published");
+        if outcome.finish(&target, "inline volume published")? {
+            self.check_read_only(&target, req.readonly).await?;
+        }
         Ok(csi::NodePublishVolumeResponse {})
     }
 
     /// The NFS source and options of an inline volume, checked against
-    /// what the admin allows.
+    /// what the admin allows: an allowed server, and only the NFS client
+    /// options of the inline allow-list from the pod's mount flags.
     fn inline_source(
         &self,
         ctx: &HashMap<String, String>,
@@ -468,17 +517,17 @@ impl NodeService {
         if !self.config.inline_servers.iter().any(|s| s == server) {
             return Err(Error::InlineServer(server.clone()).into());
         }
+        for o in mountopts::split(flags) {
+            mountopts::check_inline(&o)?;
+        }
         let export = ExportSpec::nfs(server, get("share")?, &[])?;
         let subdir = ctx.get("subDir").map(|s| RelPath::parse(s)).transpose()?;
         let source = export.nfs_source(subdir.as_ref()).unwrap_or_default();
-        let mut options = self.nfs_options(&[flags]);
+        let mut options = self.nfs_options(&[flags])?;
         if readonly && !options.iter().any(|o| o == "ro") {
             options.retain(|o| o != "rw");
             options.push("ro".into());
         }
-        // Options come from the pod spec's capability too: same checks as a
-        // StorageClass's.
-        ExportSpec::nfs(server, get("share")?, &options)?;
         Ok((source, options))
     }
 
@@ -505,10 +554,31 @@ impl NodeService {
         if req.volume_id.is_empty() {
             return Err(Error::Missing("volume_id").into());
         }
-        let path = self.path("volume_path", &req.volume_path)?;
-        let table = self.mounts().await?;
-        if mount::find(&table, &path).is_none() {
-            return Err(Error::NotMounted { path }.into());
+        if req.volume_path.is_empty() {
+            return Err(Error::Missing("volume_path").into());
+        }
+        // A path that is not a clean absolute one names nothing there is.
+        let no_volume = || Error::NoVolumeAt {
+            path: brief(&req.volume_path),
+        };
+        let path = absolute_path("volume_path", &req.volume_path).map_err(|_| no_volume())?;
+        hostpath::check_below(&self.base(), &path)?;
+        let (m, base, p) = (self.mounter.clone(), self.base(), path.clone());
+        let mounted = offload::run("find mount", self.config.fs_timeout, move || {
+            let Some(hp) = HostPath::resolve(&base, &p, false)? else {
+                return Ok(None);
+            };
+            let Some(dir) = hp.dir()? else {
+                return Ok(None);
+            };
+            let table = m.mounts()?;
+            Ok::<_, DriverError>(Some(mounted_at(m.as_ref(), &table, &hp, &dir)?.is_some()))
+        })
+        .await??;
+        match mounted {
+            None => return Err(no_volume().into()),
+            Some(false) => return Err(Error::NotMounted { path }.into()),
+            Some(true) => {}
         }
         let secs = self.config.stats_timeout.as_secs().max(1);
         let (usage, condition) = match self.statvfs(&path).await {
@@ -566,6 +636,113 @@ impl NodeService {
     }
 }
 
+/// What a stage or publish found or did.
+enum Outcome {
+    Done,
+    Already,
+    Conflict(String),
+}
+
+impl Outcome {
+    /// Logs the outcome; a conflict becomes the error. True when a mount
+    /// was made.
+    fn finish(self, path: &Path, done: &'static str) -> Result<bool> {
+        match self {
+            Outcome::Done => {
+                tracing::info!(path = %path.display(), "{done}");
+                Ok(true)
+            }
+            Outcome::Already => {
+                tracing::info!(path = %path.display(), "already {done}");
+                Ok(false)
+            }
+            Outcome::Conflict(reason) => Err(Error::Conflict {
+                path: path.to_path_buf(),
+                reason,
+            }
+            .into()),
+        }
+    }
+}
+
+/// Resolves a path that must be creatable (`HostPath::resolve` with
+/// `create` never answers `None`).
+fn resolve(base: &Path, path: &Path, create: bool) -> Result<HostPath> {
+    Ok(
+        HostPath::resolve(base, path, create)?.ok_or_else(|| hostpath::Error::Io {
+            op: "open",
+            path: path.to_path_buf(),
+            source: Errno::ENOENT,
+        })?,
+    )
+}
+
+/// The mount exactly at the validated directory `dir` (the last component
+/// of `hp`), if any: the mount its descriptor is on, when that differs from
+/// its parent's, and only if the mount table shows it at this very path.
+fn mounted_at<'t>(
+    m: &dyn Mounter,
+    table: &'t [MountEntry],
+    hp: &HostPath,
+    dir: &hostpath::HostDir,
+) -> Result<Option<&'t MountEntry>> {
+    let id = m.mount_id(dir.into())?;
+    if id == m.mount_id(hp.parent().into())? {
+        return Ok(None);
+    }
+    match table.iter().find(|e| e.mount_id == id) {
+        Some(e) if e.mount_point == hp.path() => Ok(Some(e)),
+        Some(e) => Err(Error::Conflict {
+            path: hp.path().to_path_buf(),
+            reason: format!(
+                "the mount there is shown at {} in the mount table; is --kubelet-dir a symlink?",
+                e.mount_point.display()
+            ),
+        }
+        .into()),
+        None => Err(Error::Conflict {
+            path: hp.path().to_path_buf(),
+            reason: "the mount there is not in the mount table".into(),
+        }
+        .into()),
+    }
+}
+
+/// Whether the mount `entry` is the stage mount `source` asks for.
+fn same_source(table: &[MountEntry], entry: &MountEntry, source: &Source) -> bool {
+    match source {
+        Source::Nfs { source, .. } => entry.is_nfs() && entry.source == *source,
+        Source::Dir { root, subdir } => {
+            // The share's own mount: the longest mount point above the directory.
+            let dir = root.join(subdir.as_str());
+            let Some(share) = table
+                .iter()
+                .filter(|m| dir.starts_with(&m.mount_point))
+                .max_by_key(|m| m.mount_point.as_os_str().len())
+            else {
+                return false;
+            };
+            let rel = dir.strip_prefix(&share.mount_point).unwrap_or(&dir);
+            entry.dev == share.dev && entry.root == share.root.join(rel)
+        }
+    }
+}
+
+/// Whether a capability asks for ReadWriteOncePod.
+fn is_single_writer(cap: Option<&VolumeCapability>) -> bool {
+    cap.and_then(|c| c.access_mode.as_ref()).is_some_and(|m| {
+        m.mode == volume_capability::access_mode::Mode::SingleNodeSingleWriter as i32
+    })
+}
+
+/// At most 200 characters of an input, for messages.
+fn brief(s: &str) -> String {
+    match s.char_indices().nth(200) {
+        Some((i, _)) => format!("{}...({} bytes)", &s[..i], s.len()),
+        None => s.to_string(),
+    }
+}
+
 fn rw(ro: bool) -> &'static str {
     if ro { "read-only" } else { "read-write" }
 }
@@ -578,19 +755,6 @@ fn usage(unit: csi::volume_usage::Unit, total: u64, used: u64, available: u64) -
         used: i(used),
         unit: unit as i32,
     }
-}
-
-fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> DriverError {
-    safefs::Error::Io {
-        op,
-        path: path.to_path_buf(),
-        source: e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO),
-    }
-    .into()
-}
-
-fn create_dir(path: &Path) -> Result<()> {
-    std::fs::create_dir_all(path).map_err(|e| io_err("mkdir", path, e))
 }
 
 /// The mount flags of a capability; block or no capability is an error.

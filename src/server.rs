@@ -100,6 +100,7 @@ pub async fn serve(
     let path = socket_path(endpoint)?;
     let mounter: Arc<dyn Mounter> = Arc::new(SystemMounter {
         command_timeout: config.mount_timeout,
+        scratch_dir: config.work_dir.join("node-mounts"),
     });
 
     if let Some(addr) = config.metrics_address {
