@@ -481,21 +481,59 @@ fn check_node_kubelet_wiring(pod: &PodSpec, kubelet_dir: &str) {
 
 // -------------------------------------------------------------------- RBAC
 
-/// What each sidecar needs, for what this driver does: (API group,
-/// resource, verbs).
-fn sidecar_needs(sidecar: &str) -> Vec<(&'static str, &'static str, &'static [&'static str])> {
-    const EVENTS: (&str, &str, &[&str]) = (
-        "",
-        "events",
-        &["list", "watch", "create", "update", "patch"],
-    );
-    const LEASES: (&str, &str, &[&str]) = (
-        "coordination.k8s.io",
-        "leases",
-        &["get", "watch", "list", "delete", "update", "create"],
-    );
-    match sidecar {
-        "csi-provisioner" => vec![
+/// An RBAC rule as upstream writes it: (API group, resource, verbs).
+type Rule = (&'static str, &'static str, &'static [&'static str]);
+
+/// The RBAC that the upstream repository of a sidecar ships for the release
+/// pinned here, written down so that a sidecar bump cannot silently lose a
+/// permission: the pinned tag must be `release` (see
+/// `sidecar_images_are_the_releases_their_rbac_was_read_from`), so a bump
+/// fails until this table is read again from the new release.
+///
+/// What a deployment grants is `cluster` and `namespaced` less `omitted`:
+/// rules (or verbs of them) upstream grants only for features this driver
+/// does not use, each with the reason. Nothing else may be granted.
+struct Upstream {
+    /// The container that runs the sidecar.
+    container: &'static str,
+    /// The image, under registry.k8s.io/sig-storage/.
+    image: &'static str,
+    /// The pinned release the rules below were read for.
+    release: &'static str,
+    /// Where they were read (the search tool's stored copies of the upstream
+    /// repositories; none holds a copy at the tag itself, so the newest stored
+    /// copy of the file plus the release notes that changed RBAC since).
+    source: &'static str,
+    /// The ClusterRole.
+    cluster: &'static [Rule],
+    /// The Role, in the sidecar's own namespace.
+    namespaced: &'static [Rule],
+    omitted: &'static [(Rule, &'static str)],
+}
+
+const LEASES: Rule = (
+    "coordination.k8s.io",
+    "leases",
+    &["get", "watch", "list", "delete", "update", "create"],
+);
+const EVENTS: Rule = (
+    "",
+    "events",
+    &["list", "watch", "create", "update", "patch"],
+);
+
+const UPSTREAM: &[Upstream] = &[
+    Upstream {
+        container: "csi-provisioner",
+        image: "csi-provisioner",
+        release: "v6.3.0",
+        source: "kubernetes-csi/external-provisioner deploy/kubernetes/rbac.yaml (stored \
+                 copy 6986f2af) with the rules added since: persistentvolumes patch (PR #1155, \
+                 the PV finalizer), volumeattributesclasses (v6.3.0 release notes: storage/v1 \
+                 VolumeAttributesClass required), volumesnapshots watch+update (PR #1458: the \
+                 volumesnapshot-as-source-protection finalizer; PR #1519 in CHANGELOG-6.3.md: \
+                 the controller that sweeps orphaned ones)",
+        cluster: &[
             (
                 "",
                 "persistentvolumes",
@@ -511,37 +549,114 @@ fn sidecar_needs(sidecar: &str) -> Vec<(&'static str, &'static str, &'static [&'
                 "storageclasses",
                 &["get", "list", "watch"],
             ),
-            (
-                "storage.k8s.io",
-                "volumeattributesclasses",
-                &["get", "list", "watch"],
-            ),
+            EVENTS,
             (
                 "snapshot.storage.k8s.io",
                 "volumesnapshots",
-                &["get", "list"],
+                &["get", "list", "watch", "update"],
             ),
             (
                 "snapshot.storage.k8s.io",
                 "volumesnapshotcontents",
                 &["get", "list"],
             ),
-            EVENTS,
-            LEASES,
-        ],
-        "csi-resizer" => vec![
-            ("", "persistentvolumes", &["get", "list", "watch", "patch"]),
-            ("", "persistentvolumeclaims", &["get", "list", "watch"]),
-            ("", "persistentvolumeclaims/status", &["patch"]),
+            ("storage.k8s.io", "csinodes", &["get", "list", "watch"]),
+            ("", "nodes", &["get", "list", "watch"]),
+            (
+                "storage.k8s.io",
+                "volumeattachments",
+                &["get", "list", "watch"],
+            ),
             (
                 "storage.k8s.io",
                 "volumeattributesclasses",
                 &["get", "list", "watch"],
             ),
-            EVENTS,
-            LEASES,
         ],
-        "csi-snapshotter" => vec![
+        namespaced: &[
+            LEASES,
+            (
+                "storage.k8s.io",
+                "csistoragecapacities",
+                &[
+                    "get", "list", "watch", "create", "update", "patch", "delete",
+                ],
+            ),
+            ("", "pods", &["get"]),
+            ("apps", "replicasets", &["get"]),
+        ],
+        omitted: &[
+            (
+                ("storage.k8s.io", "csinodes", &["get", "list", "watch"]),
+                "topology: the driver reports no VOLUME_ACCESSIBILITY_CONSTRAINTS, so the \
+                 provisioner reads no CSINode",
+            ),
+            (
+                ("", "nodes", &["get", "list", "watch"]),
+                "topology: as for csinodes",
+            ),
+            (
+                (
+                    "storage.k8s.io",
+                    "volumeattachments",
+                    &["get", "list", "watch"],
+                ),
+                "only for drivers with PUBLISH_UNPUBLISH_VOLUME (attachRequired: false here)",
+            ),
+            (
+                (
+                    "storage.k8s.io",
+                    "csistoragecapacities",
+                    &[
+                        "get", "list", "watch", "create", "update", "patch", "delete",
+                    ],
+                ),
+                "only with --enable-capacity, which is not set",
+            ),
+            (
+                ("", "pods", &["get"]),
+                "only to find the owner of CSIStorageCapacity objects (--enable-capacity)",
+            ),
+            (
+                ("apps", "replicasets", &["get"]),
+                "only to find the owner of CSIStorageCapacity objects (--enable-capacity)",
+            ),
+        ],
+    },
+    Upstream {
+        container: "csi-resizer",
+        image: "csi-resizer",
+        release: "v2.2.1",
+        source: "kubernetes-csi/external-resizer deploy/kubernetes/rbac.yaml (stored copy \
+                 3e019e63) with volumeattributesclasses added since (PR #537)",
+        cluster: &[
+            ("", "persistentvolumes", &["get", "list", "watch", "patch"]),
+            ("", "persistentvolumeclaims", &["get", "list", "watch"]),
+            ("", "pods", &["get", "list", "watch"]),
+            ("", "persistentvolumeclaims/status", &["patch"]),
+            EVENTS,
+            (
+                "storage.k8s.io",
+                "volumeattributesclasses",
+                &["get", "list", "watch"],
+            ),
+        ],
+        namespaced: &[LEASES],
+        omitted: &[(
+            ("", "pods", &["get", "list", "watch"]),
+            "only to wait for pods to stop using a claim; --handle-volume-inuse-error=false \
+             (expansion is online)",
+        )],
+    },
+    Upstream {
+        container: "csi-snapshotter",
+        image: "csi-snapshotter",
+        release: "v8.6.0",
+        source: "kubernetes-csi/external-snapshotter \
+                 deploy/kubernetes/csi-snapshotter/rbac-csi-snapshotter.yaml (newest stored \
+                 copy with the group snapshot rules, 02c0340f)",
+        cluster: &[
+            EVENTS,
             (
                 "snapshot.storage.k8s.io",
                 "volumesnapshotclasses",
@@ -550,23 +665,72 @@ fn sidecar_needs(sidecar: &str) -> Vec<(&'static str, &'static str, &'static [&'
             (
                 "snapshot.storage.k8s.io",
                 "volumesnapshotcontents",
-                &["get", "list", "watch", "update", "patch"],
+                &["create", "get", "list", "watch", "update", "patch"],
             ),
             (
                 "snapshot.storage.k8s.io",
                 "volumesnapshotcontents/status",
                 &["update", "patch"],
             ),
-            EVENTS,
-            LEASES,
+            (
+                "groupsnapshot.storage.k8s.io",
+                "volumegroupsnapshotclasses",
+                &["get", "list", "watch"],
+            ),
+            (
+                "groupsnapshot.storage.k8s.io",
+                "volumegroupsnapshotcontents",
+                &["get", "list", "watch", "update", "patch"],
+            ),
+            (
+                "groupsnapshot.storage.k8s.io",
+                "volumegroupsnapshotcontents/status",
+                &["update", "patch"],
+            ),
         ],
-        "snapshot-controller" => vec![
+        namespaced: &[LEASES],
+        omitted: &[
+            (
+                (
+                    "groupsnapshot.storage.k8s.io",
+                    "volumegroupsnapshotclasses",
+                    &["get", "list", "watch"],
+                ),
+                "group snapshots are off (--feature-gates=CSIVolumeGroupSnapshot=false)",
+            ),
+            (
+                (
+                    "groupsnapshot.storage.k8s.io",
+                    "volumegroupsnapshotcontents",
+                    &["get", "list", "watch", "update", "patch"],
+                ),
+                "group snapshots are off",
+            ),
+            (
+                (
+                    "groupsnapshot.storage.k8s.io",
+                    "volumegroupsnapshotcontents/status",
+                    &["update", "patch"],
+                ),
+                "group snapshots are off",
+            ),
+        ],
+    },
+    Upstream {
+        container: "snapshot-controller",
+        image: "snapshot-controller",
+        release: "v8.6.0",
+        source: "kubernetes-csi/external-snapshotter \
+                 deploy/kubernetes/snapshot-controller/rbac-snapshot-controller.yaml (newest \
+                 stored copy, d27ee265)",
+        cluster: &[
             ("", "persistentvolumes", &["get", "list", "watch"]),
             (
                 "",
                 "persistentvolumeclaims",
                 &["get", "list", "watch", "update"],
             ),
+            EVENTS,
             (
                 "snapshot.storage.k8s.io",
                 "volumesnapshotclasses",
@@ -587,23 +751,142 @@ fn sidecar_needs(sidecar: &str) -> Vec<(&'static str, &'static str, &'static [&'
             (
                 "snapshot.storage.k8s.io",
                 "volumesnapshots",
-                &["get", "list", "watch", "update", "patch"],
+                &["get", "list", "watch", "update", "patch", "delete"],
             ),
             (
                 "snapshot.storage.k8s.io",
                 "volumesnapshots/status",
                 &["update", "patch"],
             ),
-            EVENTS,
-            LEASES,
+            (
+                "groupsnapshot.storage.k8s.io",
+                "volumegroupsnapshotclasses",
+                &["get", "list", "watch"],
+            ),
+            (
+                "groupsnapshot.storage.k8s.io",
+                "volumegroupsnapshotcontents",
+                &[
+                    "create", "get", "list", "watch", "update", "delete", "patch",
+                ],
+            ),
+            (
+                "groupsnapshot.storage.k8s.io",
+                "volumegroupsnapshotcontents/status",
+                &["patch"],
+            ),
+            (
+                "groupsnapshot.storage.k8s.io",
+                "volumegroupsnapshots",
+                &["get", "list", "watch", "update", "patch"],
+            ),
+            (
+                "groupsnapshot.storage.k8s.io",
+                "volumegroupsnapshots/status",
+                &["update", "patch"],
+            ),
         ],
-        // Talk only to the CSI socket or to kubelet.
-        "nfs-csi" | "liveness-probe" | "node-driver-registrar" => vec![],
-        other => panic!("unknown container {other}: say what it needs"),
-    }
+        namespaced: &[LEASES],
+        omitted: &[
+            (
+                (
+                    "groupsnapshot.storage.k8s.io",
+                    "volumegroupsnapshotclasses",
+                    &["get", "list", "watch"],
+                ),
+                "group snapshots are off (--feature-gates=CSIVolumeGroupSnapshot=false; no \
+                 group snapshot CRDs in snapshot-crds/)",
+            ),
+            (
+                (
+                    "groupsnapshot.storage.k8s.io",
+                    "volumegroupsnapshotcontents",
+                    &[
+                        "create", "get", "list", "watch", "update", "delete", "patch",
+                    ],
+                ),
+                "group snapshots are off",
+            ),
+            (
+                (
+                    "groupsnapshot.storage.k8s.io",
+                    "volumegroupsnapshotcontents/status",
+                    &["patch"],
+                ),
+                "group snapshots are off",
+            ),
+            (
+                (
+                    "groupsnapshot.storage.k8s.io",
+                    "volumegroupsnapshots",
+                    &["get", "list", "watch", "update", "patch"],
+                ),
+                "group snapshots are off",
+            ),
+            (
+                (
+                    "groupsnapshot.storage.k8s.io",
+                    "volumegroupsnapshots/status",
+                    &["update", "patch"],
+                ),
+                "group snapshots are off",
+            ),
+        ],
+    },
+    Upstream {
+        container: "node-driver-registrar",
+        image: "csi-node-driver-registrar",
+        release: "v2.18.0",
+        source: "kubernetes-csi/node-driver-registrar ships no RBAC: it talks only to the \
+                 plugin's socket and to kubelet",
+        cluster: &[],
+        namespaced: &[],
+        omitted: &[],
+    },
+    Upstream {
+        container: "liveness-probe",
+        image: "livenessprobe",
+        release: "v2.20.0",
+        source: "kubernetes-csi/livenessprobe ships no RBAC: it talks only to the plugin's \
+                 socket",
+        cluster: &[],
+        namespaced: &[],
+        omitted: &[],
+    },
+];
+
+fn upstream(container: &str) -> &'static Upstream {
+    UPSTREAM
+        .iter()
+        .find(|u| u.container == container)
+        .unwrap_or_else(|| panic!("unknown container {container}: write down its upstream RBAC"))
 }
 
 type Grant = (String, String, String); // group, resource, verb
+
+fn expand(rules: &[Rule]) -> BTreeSet<Grant> {
+    let mut out = BTreeSet::new();
+    for (group, resource, verbs) in rules {
+        for verb in *verbs {
+            out.insert((group.to_string(), resource.to_string(), verb.to_string()));
+        }
+    }
+    out
+}
+
+/// What a container's ServiceAccount must be granted: (cluster-wide, in its
+/// own namespace). The driver itself needs no API access.
+fn needs(container: &str) -> (BTreeSet<Grant>, BTreeSet<Grant>) {
+    if container == "nfs-csi" {
+        return Default::default();
+    }
+    let u = upstream(container);
+    let omitted = expand(&u.omitted.iter().map(|(r, _)| *r).collect::<Vec<_>>());
+    (
+        &expand(u.cluster) - &omitted,
+        &expand(u.namespaced) - &omitted,
+    )
+}
 
 fn grants(rules: &[PolicyRule]) -> BTreeSet<Grant> {
     let mut out = BTreeSet::new();
@@ -674,8 +957,10 @@ fn granted_to(
     (cluster, local)
 }
 
-/// The pod's ServiceAccount is granted what its containers need, leases in
-/// its own namespace only, and nothing else.
+/// The pod's ServiceAccount is granted what the upstream RBAC of each of its
+/// containers' pinned release grants, less the deliberate omissions
+/// (`UPSTREAM`): cluster-wide what upstream puts in its ClusterRole, in the
+/// pod's own namespace what it puts in its Role; and nothing else.
 fn check_rbac(objects: &Objects, namespace: &str, pod: &PodSpec) {
     let sa = pod.service_account_name.clone().expect("a ServiceAccount");
     assert!(
@@ -690,22 +975,29 @@ fn check_rbac(objects: &Objects, namespace: &str, pod: &PodSpec) {
     let mut needed_cluster = BTreeSet::new();
     let mut needed_local = BTreeSet::new();
     for c in &pod.containers {
-        for (group, resource, verbs) in sidecar_needs(&c.name) {
-            for verb in verbs {
-                let g = (group.to_string(), resource.to_string(), verb.to_string());
-                let granted = if resource == "leases" {
-                    &local
-                } else {
-                    &cluster
-                };
-                assert!(granted.contains(&g), "{} needs {g:?}", c.name);
-                if resource == "leases" {
-                    needed_local.insert(g);
-                } else {
-                    needed_cluster.insert(g);
-                }
-            }
+        let (c_cluster, c_local) = needs(&c.name);
+        let release = || {
+            let u = upstream(&c.name);
+            format!("{} {}", u.image, u.release)
+        };
+        for g in &c_cluster {
+            assert!(
+                cluster.contains(g),
+                "{} needs {g:?} cluster-wide: upstream RBAC of {} grants it",
+                c.name,
+                release()
+            );
         }
+        for g in &c_local {
+            assert!(
+                local.contains(g),
+                "{} needs {g:?} in namespace {namespace}: upstream RBAC of {} grants it",
+                c.name,
+                release()
+            );
+        }
+        needed_cluster.extend(c_cluster);
+        needed_local.extend(c_local);
     }
     assert_eq!(
         cluster, needed_cluster,
@@ -2029,5 +2321,142 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     } else if meta.is_file() {
         std::fs::copy(from, to).unwrap();
+    }
+}
+
+// ------------------------------------------------- upstream RBAC and pins
+
+#[test]
+fn upstream_rbac_omissions_are_upstream_rules_with_reasons() {
+    for u in UPSTREAM {
+        let all = &expand(u.cluster) | &expand(u.namespaced);
+        for (rule, reason) in u.omitted {
+            assert!(
+                reason.len() > 10,
+                "{}: say why {rule:?} is omitted",
+                u.container
+            );
+            for g in expand(&[*rule]) {
+                assert!(
+                    all.contains(&g),
+                    "{}: omitted {g:?} is not granted by upstream {}: stale omission",
+                    u.container,
+                    u.release
+                );
+            }
+        }
+        // The default path is covered: leader election is on for every
+        // controller sidecar, so its leases are never omitted.
+        if !u.namespaced.is_empty() {
+            assert!(
+                needs(u.container).1.contains(&(
+                    "coordination.k8s.io".to_string(),
+                    "leases".to_string(),
+                    "update".to_string()
+                )),
+                "{}",
+                u.container
+            );
+        }
+    }
+}
+
+/// The check that guards the RBAC fails on the RBAC this issue was found
+/// with: csi-provisioner allowed only get and list on volumesnapshots.
+#[test]
+fn rbac_check_rejects_the_provisioner_role_without_watch_and_update() {
+    let objects = Objects::render("deploy");
+    let pod = pod_spec_of_deployment(&objects.one("Deployment"));
+    check_rbac(&objects, NAMESPACE, &pod);
+
+    let mut docs = objects.0.clone();
+    let role = docs
+        .iter_mut()
+        .find(|v| v["kind"] == "ClusterRole" && v["metadata"]["name"] == "nfs-csi-provisioner")
+        .expect("the provisioner's ClusterRole");
+    let rule = role["rules"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|r| r["resources"] == json!(["volumesnapshots"]))
+        .expect("a rule for volumesnapshots");
+    rule["verbs"] = json!(["get", "list"]);
+    let old = Objects::parse(docs);
+    let err = std::panic::catch_unwind(|| check_rbac(&old, NAMESPACE, &pod))
+        .expect_err("the old provisioner role must be rejected");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.contains("csi-provisioner") && msg.contains("volumesnapshots"),
+        "{msg}"
+    );
+}
+
+/// Every sidecar runs the release whose RBAC `UPSTREAM` was read from, and
+/// the manifest names the release notes of its pin beside it.
+#[test]
+fn sidecar_images_are_the_releases_their_rbac_was_read_from() {
+    let mut seen = BTreeSet::new();
+    for dir in ["deploy", "deploy/examples/overlay", "snapshot-crds"] {
+        let objects = Objects::render(dir);
+        let pods: Vec<PodSpec> = objects
+            .all::<Deployment>("Deployment")
+            .iter()
+            .map(pod_spec_of_deployment)
+            .chain(
+                objects
+                    .all::<DaemonSet>("DaemonSet")
+                    .iter()
+                    .map(pod_spec_of_daemonset),
+            )
+            .collect();
+        for pod in &pods {
+            for c in pod.containers.iter().filter(|c| c.name != "nfs-csi") {
+                let u = upstream(&c.name);
+                assert_eq!(
+                    c.image.as_deref(),
+                    Some(format!("registry.k8s.io/sig-storage/{}:{}", u.image, u.release).as_str()),
+                    "{}: the pin and the upstream RBAC written down in tests/deploy.rs must be \
+                     of the same release; read the new release's RBAC ({}) when bumping",
+                    c.name,
+                    u.source
+                );
+                seen.insert(u.container);
+            }
+        }
+    }
+    let all: BTreeSet<&str> = UPSTREAM.iter().map(|u| u.container).collect();
+    assert_eq!(seen, all, "every sidecar written down is deployed");
+
+    // The citation beside each pin: the comment block right above `image:`.
+    for file in [
+        "deploy/base/controller.yaml",
+        "deploy/base/node.yaml",
+        "snapshot-crds/snapshot-controller.yaml",
+    ] {
+        let text = read(file);
+        let lines: Vec<&str> = text.lines().collect();
+        let mut pins = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let Some(image) = line
+                .trim()
+                .strip_prefix("image: registry.k8s.io/sig-storage/")
+            else {
+                continue;
+            };
+            pins += 1;
+            let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or_default();
+            let comment: String = lines[..i]
+                .iter()
+                .rev()
+                .take_while(|l| l.trim_start().starts_with('#'))
+                .map(|l| l.trim())
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(
+                comment.contains("CHANGELOG") && comment.contains(&format!("releases/tag/{tag}")),
+                "{file}: {image}: name the release notes of the pin in a comment right above it"
+            );
+        }
+        assert!(pins > 0, "{file} pins no sidecar");
     }
 }
