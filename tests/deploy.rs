@@ -2460,3 +2460,63 @@ fn sidecar_images_are_the_releases_their_rbac_was_read_from() {
         assert!(pins > 0, "{file} pins no sidecar");
     }
 }
+
+/// Go's time.Duration syntax as the sidecars' flags take it ("10s", "1m30s").
+fn go_duration(s: &str) -> Option<std::time::Duration> {
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&n| n > 0)?;
+        let value: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let (unit, len) = [("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]
+            .into_iter()
+            .find(|(u, _)| rest.starts_with(u))
+            .map(|(u, f)| (f, u.len()))?;
+        total += value * unit;
+        rest = &rest[len..];
+    }
+    Some(std::time::Duration::from_secs_f64(total))
+}
+
+#[test]
+fn go_duration_parses_the_forms_used() {
+    assert_eq!(go_duration("10s"), Some(std::time::Duration::from_secs(10)));
+    assert_eq!(
+        go_duration("1m30s"),
+        Some(std::time::Duration::from_secs(90))
+    );
+    assert_eq!(
+        go_duration("500ms"),
+        Some(std::time::Duration::from_millis(500))
+    );
+    assert_eq!(go_duration("5m"), Some(std::time::Duration::from_secs(300)));
+    assert_eq!(go_duration("10"), None);
+    assert_eq!(go_duration(""), None);
+    assert_eq!(go_duration("s"), None);
+}
+
+/// A snapshot that answers CreateSnapshot with ready_to_use=false is asked
+/// again with the sidecar's exponential backoff, which grows to 5 minutes by
+/// default: capped, a finished snapshot is marked ready within seconds.
+#[test]
+fn snapshotter_retries_a_pending_snapshot_within_seconds() {
+    let objects = Objects::render("deploy");
+    let pod = pod_spec_of_deployment(&objects.one("Deployment"));
+    let snapshotter = container(&pod, "csi-snapshotter");
+    let max = flag(snapshotter, "--retry-interval-max", None)
+        .expect("csi-snapshotter has --retry-interval-max (its default is 5m)");
+    let max = go_duration(&max).unwrap_or_else(|| panic!("--retry-interval-max={max}"));
+    assert!(
+        max >= std::time::Duration::from_secs(1) && max <= std::time::Duration::from_secs(30),
+        "--retry-interval-max {max:?}: a ready snapshot waits up to this long to be seen"
+    );
+    if let Some(start) = flag(snapshotter, "--retry-interval-start", None) {
+        assert!(go_duration(&start).expect("a duration") <= max);
+    }
+}
