@@ -2520,3 +2520,232 @@ fn snapshotter_retries_a_pending_snapshot_within_seconds() {
         assert!(go_duration(&start).expect("a duration") <= max);
     }
 }
+
+// ---------------------------------------------------- what apply compares
+
+/// A quantity in the canonical form the apiserver stores it in, for the forms
+/// written here: an unsigned decimal with an optional fraction and a decimal
+/// (n u m k M G T P E) or binary (Ki Mi Gi Ti Pi Ei) suffix. The rules of
+/// Kubernetes' resource.Quantity: the suffix family is kept; no precision is
+/// lost and no fraction is written; the suffix is as large as possible; a
+/// binary quantity under 1024 or with a fraction is written as a decimal one.
+/// Exponents, signs and values finer than 1n are refused (not used here).
+fn canonical_quantity(s: &str) -> Result<String, String> {
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    let digits = format!("{int}{frac}");
+    if digits.is_empty() || frac.contains('.') || digits.len() > 18 {
+        return Err(format!("{s:?}: not a number of the forms used here"));
+    }
+    let mantissa: u128 = digits.parse().map_err(|_| format!("{s:?}: not a number"))?;
+    let fraction_digits = frac.len() as u32;
+    let binary = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"]
+        .iter()
+        .position(|b| *b == suffix);
+    if let Some(p) = binary {
+        // mantissa * 1024^(p+1) / 10^fraction_digits bytes.
+        let numerator = mantissa << (10 * (p as u32 + 1));
+        let denominator = 10u128.pow(fraction_digits);
+        if !numerator.is_multiple_of(denominator) {
+            return decimal_canonical(numerator, -(fraction_digits as i32), s);
+        }
+        let bytes = numerator / denominator;
+        if bytes < 1024 {
+            return decimal_canonical(bytes, 0, s);
+        }
+        let mut value = bytes;
+        let mut power = 0;
+        while power < 6 && value.is_multiple_of(1024) {
+            value /= 1024;
+            power += 1;
+        }
+        let unit = if power == 0 {
+            ""
+        } else {
+            ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"][power - 1]
+        };
+        return Ok(format!("{value}{unit}"));
+    }
+    let exponent = match suffix {
+        "n" => -9,
+        "u" => -6,
+        "m" => -3,
+        "" => 0,
+        "k" => 3,
+        "M" => 6,
+        "G" => 9,
+        "T" => 12,
+        "P" => 15,
+        "E" => 18,
+        _ => {
+            return Err(format!(
+                "{s:?}: suffix {suffix:?} is not one of the forms used here"
+            ));
+        }
+    };
+    decimal_canonical(mantissa, exponent - fraction_digits as i32, s)
+}
+
+/// mantissa * 10^scale with the largest decimal SI suffix that keeps it an
+/// integer.
+fn decimal_canonical(mut mantissa: u128, mut scale: i32, s: &str) -> Result<String, String> {
+    if mantissa == 0 {
+        return Ok("0".into());
+    }
+    while mantissa.is_multiple_of(10) {
+        mantissa /= 10;
+        scale += 1;
+    }
+    if scale < -9 {
+        return Err(format!("{s:?}: finer than 1n, which the apiserver rounds"));
+    }
+    let exponent = (scale.div_euclid(3) * 3).min(18);
+    let value = mantissa * 10u128.pow((scale - exponent) as u32);
+    let suffix = match exponent {
+        -9 => "n",
+        -6 => "u",
+        -3 => "m",
+        0 => "",
+        3 => "k",
+        6 => "M",
+        9 => "G",
+        12 => "T",
+        15 => "P",
+        _ => "E",
+    };
+    Ok(format!("{value}{suffix}"))
+}
+
+#[test]
+fn canonical_quantity_follows_the_apiserver() {
+    for (written, stored) in [
+        ("10000", "10k"),
+        ("10k", "10k"),
+        ("1100", "1100"),
+        ("1000m", "1"),
+        ("1.5", "1500m"),
+        ("0.1", "100m"),
+        ("10m", "10m"),
+        ("100m", "100m"),
+        ("0", "0"),
+        ("0m", "0"),
+        ("2000000", "2M"),
+        ("1.5k", "1500"),
+        ("32Mi", "32Mi"),
+        ("1024Ki", "1Mi"),
+        ("1.5Gi", "1536Mi"),
+        ("2048Mi", "2Gi"),
+        ("1025Ki", "1025Ki"),
+        ("0.5Ki", "512"),
+        ("1Ki", "1Ki"),
+        ("1.5Ki", "1536"),
+        ("0.1Ki", "102400m"),
+        ("1000E", "1000E"),
+        ("1500u", "1500u"),
+    ] {
+        assert_eq!(
+            canonical_quantity(written).as_deref(),
+            Ok(stored),
+            "{written}"
+        );
+    }
+    for bad in ["", "Mi", "1e3", "-1", "1..2", "1.2.3", "5X", "0.0000000001"] {
+        assert!(canonical_quantity(bad).is_err(), "{bad:?}");
+    }
+}
+
+/// Every rendered object of every directory a user applies.
+fn everything_applied() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for dir in ["deploy", "deploy/examples/overlay", "snapshot-crds"] {
+        for v in Objects::render(dir).0 {
+            out.push((format!("{dir}: {}", describe(&v)), v));
+        }
+    }
+    for v in examples().0 {
+        out.push((format!("deploy/examples: {}", describe(&v)), v));
+    }
+    out
+}
+
+fn walk<'a>(v: &'a Value, path: &str, out: &mut Vec<(String, &'a str, &'a Value)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                out.push((path.to_string(), k.as_str(), x));
+                walk(x, &format!("{path}.{k}"), out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                walk(x, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What kubectl apply and server-side apply compare with what the apiserver
+/// stored: a quantity not in canonical form ("10000" stored as "10k") reads
+/// as changed on every apply and conflicts under server-side apply.
+#[test]
+fn every_quantity_is_written_as_the_apiserver_stores_it() {
+    let mut checked = 0;
+    for (what, v) in everything_applied() {
+        // CRD schemas hold no quantities, and their property names would read
+        // as ones.
+        if v["kind"] == "CustomResourceDefinition" {
+            continue;
+        }
+        let mut fields = Vec::new();
+        walk(&v, "", &mut fields);
+        for (path, key, value) in fields {
+            let quantities: Vec<(String, &Value)> = match (key, value) {
+                ("requests" | "limits" | "hard", Value::Object(m)) => m
+                    .iter()
+                    .map(|(k, q)| (format!("{path}.{key}.{k}"), q))
+                    .collect(),
+                ("sizeLimit", q) => vec![(format!("{path}.{key}"), q)],
+                _ => continue,
+            };
+            for (at, q) in quantities {
+                let text = q
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{what}: {at}: write the quantity as a string"));
+                let canonical =
+                    canonical_quantity(text).unwrap_or_else(|e| panic!("{what}: {at}: {e}"));
+                assert_eq!(
+                    text, canonical,
+                    "{what}: {at}: the apiserver stores {text:?} as {canonical:?}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} quantities found");
+}
+
+/// The apiserver defaults a fieldRef's apiVersion to v1; written without it,
+/// server-side apply conflicts on it.
+#[test]
+fn every_field_ref_names_its_api_version() {
+    let mut checked = 0;
+    for (what, v) in everything_applied() {
+        let mut fields = Vec::new();
+        walk(&v, "", &mut fields);
+        for (path, key, value) in fields {
+            if key == "fieldRef" {
+                assert_eq!(
+                    value.get("apiVersion").and_then(Value::as_str),
+                    Some("v1"),
+                    "{what}: {path}.fieldRef: write apiVersion: v1 as the apiserver defaults it"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 2, "only {checked} fieldRefs found");
+}
