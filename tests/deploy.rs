@@ -481,21 +481,59 @@ fn check_node_kubelet_wiring(pod: &PodSpec, kubelet_dir: &str) {
 
 // -------------------------------------------------------------------- RBAC
 
-/// What each sidecar needs, for what this driver does: (API group,
-/// resource, verbs).
-fn sidecar_needs(sidecar: &str) -> Vec<(&'static str, &'static str, &'static [&'static str])> {
-    const EVENTS: (&str, &str, &[&str]) = (
-        "",
-        "events",
-        &["list", "watch", "create", "update", "patch"],
-    );
-    const LEASES: (&str, &str, &[&str]) = (
-        "coordination.k8s.io",
-        "leases",
-        &["get", "watch", "list", "delete", "update", "create"],
-    );
-    match sidecar {
-        "csi-provisioner" => vec![
+/// An RBAC rule as upstream writes it: (API group, resource, verbs).
+type Rule = (&'static str, &'static str, &'static [&'static str]);
+
+/// The RBAC that the upstream repository of a sidecar ships for the release
+/// pinned here, written down so that a sidecar bump cannot silently lose a
+/// permission: the pinned tag must be `release` (see
+/// `sidecar_images_are_the_releases_their_rbac_was_read_from`), so a bump
+/// fails until this table is read again from the new release.
+///
+/// What a deployment grants is `cluster` and `namespaced` less `omitted`:
+/// rules (or verbs of them) upstream grants only for features this driver
+/// does not use, each with the reason. Nothing else may be granted.
+struct Upstream {
+    /// The container that runs the sidecar.
+    container: &'static str,
+    /// The image, under registry.k8s.io/sig-storage/.
+    image: &'static str,
+    /// The pinned release the rules below were read for.
+    release: &'static str,
+    /// Where they were read (the search tool's stored copies of the upstream
+    /// repositories; none holds a copy at the tag itself, so the newest stored
+    /// copy of the file plus the release notes that changed RBAC since).
+    source: &'static str,
+    /// The ClusterRole.
+    cluster: &'static [Rule],
+    /// The Role, in the sidecar's own namespace.
+    namespaced: &'static [Rule],
+    omitted: &'static [(Rule, &'static str)],
+}
+
+const LEASES: Rule = (
+    "coordination.k8s.io",
+    "leases",
+    &["get", "watch", "list", "delete", "update", "create"],
+);
+const EVENTS: Rule = (
+    "",
+    "events",
+    &["list", "watch", "create", "update", "patch"],
+);
+
+const UPSTREAM: &[Upstream] = &[
+    Upstream {
+        container: "csi-provisioner",
+        image: "csi-provisioner",
+        release: "v6.3.0",
+        source: "kubernetes-csi/external-provisioner deploy/kubernetes/rbac.yaml (stored \
+                 copy 6986f2af) with the rules added since: persistentvolumes patch (PR #1155, \
+                 the PV finalizer), volumeattributesclasses (v6.3.0 release notes: storage/v1 \
+                 VolumeAttributesClass required), volumesnapshots watch+update (PR #1458: the \
+                 volumesnapshot-as-source-protection finalizer; PR #1519 in CHANGELOG-6.3.md: \
+                 the controller that sweeps orphaned ones)",
+        cluster: &[
             (
                 "",
                 "persistentvolumes",
@@ -511,37 +549,114 @@ fn sidecar_needs(sidecar: &str) -> Vec<(&'static str, &'static str, &'static [&'
                 "storageclasses",
                 &["get", "list", "watch"],
             ),
-            (
-                "storage.k8s.io",
-                "volumeattributesclasses",
-                &["get", "list", "watch"],
-            ),
+            EVENTS,
             (
                 "snapshot.storage.k8s.io",
                 "volumesnapshots",
-                &["get", "list"],
+                &["get", "list", "watch", "update"],
             ),
             (
                 "snapshot.storage.k8s.io",
                 "volumesnapshotcontents",
                 &["get", "list"],
             ),
-            EVENTS,
-            LEASES,
-        ],
-        "csi-resizer" => vec![
-            ("", "persistentvolumes", &["get", "list", "watch", "patch"]),
-            ("", "persistentvolumeclaims", &["get", "list", "watch"]),
-            ("", "persistentvolumeclaims/status", &["patch"]),
+            ("storage.k8s.io", "csinodes", &["get", "list", "watch"]),
+            ("", "nodes", &["get", "list", "watch"]),
+            (
+                "storage.k8s.io",
+                "volumeattachments",
+                &["get", "list", "watch"],
+            ),
             (
                 "storage.k8s.io",
                 "volumeattributesclasses",
                 &["get", "list", "watch"],
             ),
-            EVENTS,
-            LEASES,
         ],
-        "csi-snapshotter" => vec![
+        namespaced: &[
+            LEASES,
+            (
+                "storage.k8s.io",
+                "csistoragecapacities",
+                &[
+                    "get", "list", "watch", "create", "update", "patch", "delete",
+                ],
+            ),
+            ("", "pods", &["get"]),
+            ("apps", "replicasets", &["get"]),
+        ],
+        omitted: &[
+            (
+                ("storage.k8s.io", "csinodes", &["get", "list", "watch"]),
+                "topology: the driver reports no VOLUME_ACCESSIBILITY_CONSTRAINTS, so the \
+                 provisioner reads no CSINode",
+            ),
+            (
+                ("", "nodes", &["get", "list", "watch"]),
+                "topology: as for csinodes",
+            ),
+            (
+                (
+                    "storage.k8s.io",
+                    "volumeattachments",
+                    &["get", "list", "watch"],
+                ),
+                "only for drivers with PUBLISH_UNPUBLISH_VOLUME (attachRequired: false here)",
+            ),
+            (
+                (
+                    "storage.k8s.io",
+                    "csistoragecapacities",
+                    &[
+                        "get", "list", "watch", "create", "update", "patch", "delete",
+                    ],
+                ),
+                "only with --enable-capacity, which is not set",
+            ),
+            (
+                ("", "pods", &["get"]),
+                "only to find the owner of CSIStorageCapacity objects (--enable-capacity)",
+            ),
+            (
+                ("apps", "replicasets", &["get"]),
+                "only to find the owner of CSIStorageCapacity objects (--enable-capacity)",
+            ),
+        ],
+    },
+    Upstream {
+        container: "csi-resizer",
+        image: "csi-resizer",
+        release: "v2.2.1",
+        source: "kubernetes-csi/external-resizer deploy/kubernetes/rbac.yaml (stored copy \
+                 3e019e63) with volumeattributesclasses added since (PR #537)",
+        cluster: &[
+            ("", "persistentvolumes", &["get", "list", "watch", "patch"]),
+            ("", "persistentvolumeclaims", &["get", "list", "watch"]),
+            ("", "pods", &["get", "list", "watch"]),
+            ("", "persistentvolumeclaims/status", &["patch"]),
+            EVENTS,
+            (
+                "storage.k8s.io",
+                "volumeattributesclasses",
+                &["get", "list", "watch"],
+            ),
+        ],
+        namespaced: &[LEASES],
+        omitted: &[(
+            ("", "pods", &["get", "list", "watch"]),
+            "only to wait for pods to stop using a claim; --handle-volume-inuse-error=false \
+             (expansion is online)",
+        )],
+    },
+    Upstream {
+        container: "csi-snapshotter",
+        image: "csi-snapshotter",
+        release: "v8.6.0",
+        source: "kubernetes-csi/external-snapshotter \
+                 deploy/kubernetes/csi-snapshotter/rbac-csi-snapshotter.yaml (newest stored \
+                 copy with the group snapshot rules, 02c0340f)",
+        cluster: &[
+            EVENTS,
             (
                 "snapshot.storage.k8s.io",
                 "volumesnapshotclasses",
@@ -550,23 +665,72 @@ fn sidecar_needs(sidecar: &str) -> Vec<(&'static str, &'static str, &'static [&'
             (
                 "snapshot.storage.k8s.io",
                 "volumesnapshotcontents",
-                &["get", "list", "watch", "update", "patch"],
+                &["create", "get", "list", "watch", "update", "patch"],
             ),
             (
                 "snapshot.storage.k8s.io",
                 "volumesnapshotcontents/status",
                 &["update", "patch"],
             ),
-            EVENTS,
-            LEASES,
+            (
+                "groupsnapshot.storage.k8s.io",
+                "volumegroupsnapshotclasses",
+                &["get", "list", "watch"],
+            ),
+            (
+                "groupsnapshot.storage.k8s.io",
+                "volumegroupsnapshotcontents",
+                &["get", "list", "watch", "update", "patch"],
+            ),
+            (
+                "groupsnapshot.storage.k8s.io",
+                "volumegroupsnapshotcontents/status",
+                &["update", "patch"],
+            ),
         ],
-        "snapshot-controller" => vec![
+        namespaced: &[LEASES],
+        omitted: &[
+            (
+                (
+                    "groupsnapshot.storage.k8s.io",
+                    "volumegroupsnapshotclasses",
+                    &["get", "list", "watch"],
+                ),
+                "group snapshots are off (--feature-gates=CSIVolumeGroupSnapshot=false)",
+            ),
+            (
+                (
+                    "groupsnapshot.storage.k8s.io",
+                    "volumegroupsnapshotcontents",
+                    &["get", "list", "watch", "update", "patch"],
+                ),
+                "group snapshots are off",
+            ),
+            (
+                (
+                    "groupsnapshot.storage.k8s.io",
+                    "volumegroupsnapshotcontents/status",
+                    &["update", "patch"],
+                ),
+                "group snapshots are off",
+            ),
+        ],
+    },
+    Upstream {
+        container: "snapshot-controller",
+        image: "snapshot-controller",
+        release: "v8.6.0",
+        source: "kubernetes-csi/external-snapshotter \
+                 deploy/kubernetes/snapshot-controller/rbac-snapshot-controller.yaml (newest \
+                 stored copy, d27ee265)",
+        cluster: &[
             ("", "persistentvolumes", &["get", "list", "watch"]),
             (
                 "",
                 "persistentvolumeclaims",
                 &["get", "list", "watch", "update"],
             ),
+            EVENTS,
             (
                 "snapshot.storage.k8s.io",
                 "volumesnapshotclasses",
@@ -587,23 +751,142 @@ fn sidecar_needs(sidecar: &str) -> Vec<(&'static str, &'static str, &'static [&'
             (
                 "snapshot.storage.k8s.io",
                 "volumesnapshots",
-                &["get", "list", "watch", "update", "patch"],
+                &["get", "list", "watch", "update", "patch", "delete"],
             ),
             (
                 "snapshot.storage.k8s.io",
                 "volumesnapshots/status",
                 &["update", "patch"],
             ),
-            EVENTS,
-            LEASES,
+            (
+                "groupsnapshot.storage.k8s.io",
+                "volumegroupsnapshotclasses",
+                &["get", "list", "watch"],
+            ),
+            (
+                "groupsnapshot.storage.k8s.io",
+                "volumegroupsnapshotcontents",
+                &[
+                    "create", "get", "list", "watch", "update", "delete", "patch",
+                ],
+            ),
+            (
+                "groupsnapshot.storage.k8s.io",
+                "volumegroupsnapshotcontents/status",
+                &["patch"],
+            ),
+            (
+                "groupsnapshot.storage.k8s.io",
+                "volumegroupsnapshots",
+                &["get", "list", "watch", "update", "patch"],
+            ),
+            (
+                "groupsnapshot.storage.k8s.io",
+                "volumegroupsnapshots/status",
+                &["update", "patch"],
+            ),
         ],
-        // Talk only to the CSI socket or to kubelet.
-        "nfs-csi" | "liveness-probe" | "node-driver-registrar" => vec![],
-        other => panic!("unknown container {other}: say what it needs"),
-    }
+        namespaced: &[LEASES],
+        omitted: &[
+            (
+                (
+                    "groupsnapshot.storage.k8s.io",
+                    "volumegroupsnapshotclasses",
+                    &["get", "list", "watch"],
+                ),
+                "group snapshots are off (--feature-gates=CSIVolumeGroupSnapshot=false; no \
+                 group snapshot CRDs in snapshot-crds/)",
+            ),
+            (
+                (
+                    "groupsnapshot.storage.k8s.io",
+                    "volumegroupsnapshotcontents",
+                    &[
+                        "create", "get", "list", "watch", "update", "delete", "patch",
+                    ],
+                ),
+                "group snapshots are off",
+            ),
+            (
+                (
+                    "groupsnapshot.storage.k8s.io",
+                    "volumegroupsnapshotcontents/status",
+                    &["patch"],
+                ),
+                "group snapshots are off",
+            ),
+            (
+                (
+                    "groupsnapshot.storage.k8s.io",
+                    "volumegroupsnapshots",
+                    &["get", "list", "watch", "update", "patch"],
+                ),
+                "group snapshots are off",
+            ),
+            (
+                (
+                    "groupsnapshot.storage.k8s.io",
+                    "volumegroupsnapshots/status",
+                    &["update", "patch"],
+                ),
+                "group snapshots are off",
+            ),
+        ],
+    },
+    Upstream {
+        container: "node-driver-registrar",
+        image: "csi-node-driver-registrar",
+        release: "v2.18.0",
+        source: "kubernetes-csi/node-driver-registrar ships no RBAC: it talks only to the \
+                 plugin's socket and to kubelet",
+        cluster: &[],
+        namespaced: &[],
+        omitted: &[],
+    },
+    Upstream {
+        container: "liveness-probe",
+        image: "livenessprobe",
+        release: "v2.20.0",
+        source: "kubernetes-csi/livenessprobe ships no RBAC: it talks only to the plugin's \
+                 socket",
+        cluster: &[],
+        namespaced: &[],
+        omitted: &[],
+    },
+];
+
+fn upstream(container: &str) -> &'static Upstream {
+    UPSTREAM
+        .iter()
+        .find(|u| u.container == container)
+        .unwrap_or_else(|| panic!("unknown container {container}: write down its upstream RBAC"))
 }
 
 type Grant = (String, String, String); // group, resource, verb
+
+fn expand(rules: &[Rule]) -> BTreeSet<Grant> {
+    let mut out = BTreeSet::new();
+    for (group, resource, verbs) in rules {
+        for verb in *verbs {
+            out.insert((group.to_string(), resource.to_string(), verb.to_string()));
+        }
+    }
+    out
+}
+
+/// What a container's ServiceAccount must be granted: (cluster-wide, in its
+/// own namespace). The driver itself needs no API access.
+fn needs(container: &str) -> (BTreeSet<Grant>, BTreeSet<Grant>) {
+    if container == "nfs-csi" {
+        return Default::default();
+    }
+    let u = upstream(container);
+    let omitted = expand(&u.omitted.iter().map(|(r, _)| *r).collect::<Vec<_>>());
+    (
+        &expand(u.cluster) - &omitted,
+        &expand(u.namespaced) - &omitted,
+    )
+}
 
 fn grants(rules: &[PolicyRule]) -> BTreeSet<Grant> {
     let mut out = BTreeSet::new();
@@ -674,8 +957,10 @@ fn granted_to(
     (cluster, local)
 }
 
-/// The pod's ServiceAccount is granted what its containers need, leases in
-/// its own namespace only, and nothing else.
+/// The pod's ServiceAccount is granted what the upstream RBAC of each of its
+/// containers' pinned release grants, less the deliberate omissions
+/// (`UPSTREAM`): cluster-wide what upstream puts in its ClusterRole, in the
+/// pod's own namespace what it puts in its Role; and nothing else.
 fn check_rbac(objects: &Objects, namespace: &str, pod: &PodSpec) {
     let sa = pod.service_account_name.clone().expect("a ServiceAccount");
     assert!(
@@ -690,22 +975,29 @@ fn check_rbac(objects: &Objects, namespace: &str, pod: &PodSpec) {
     let mut needed_cluster = BTreeSet::new();
     let mut needed_local = BTreeSet::new();
     for c in &pod.containers {
-        for (group, resource, verbs) in sidecar_needs(&c.name) {
-            for verb in verbs {
-                let g = (group.to_string(), resource.to_string(), verb.to_string());
-                let granted = if resource == "leases" {
-                    &local
-                } else {
-                    &cluster
-                };
-                assert!(granted.contains(&g), "{} needs {g:?}", c.name);
-                if resource == "leases" {
-                    needed_local.insert(g);
-                } else {
-                    needed_cluster.insert(g);
-                }
-            }
+        let (c_cluster, c_local) = needs(&c.name);
+        let release = || {
+            let u = upstream(&c.name);
+            format!("{} {}", u.image, u.release)
+        };
+        for g in &c_cluster {
+            assert!(
+                cluster.contains(g),
+                "{} needs {g:?} cluster-wide: upstream RBAC of {} grants it",
+                c.name,
+                release()
+            );
         }
+        for g in &c_local {
+            assert!(
+                local.contains(g),
+                "{} needs {g:?} in namespace {namespace}: upstream RBAC of {} grants it",
+                c.name,
+                release()
+            );
+        }
+        needed_cluster.extend(c_cluster);
+        needed_local.extend(c_local);
     }
     assert_eq!(
         cluster, needed_cluster,
@@ -2030,4 +2322,430 @@ fn copy_tree(from: &Path, to: &Path) {
     } else if meta.is_file() {
         std::fs::copy(from, to).unwrap();
     }
+}
+
+// ------------------------------------------------- upstream RBAC and pins
+
+#[test]
+fn upstream_rbac_omissions_are_upstream_rules_with_reasons() {
+    for u in UPSTREAM {
+        let all = &expand(u.cluster) | &expand(u.namespaced);
+        for (rule, reason) in u.omitted {
+            assert!(
+                reason.len() > 10,
+                "{}: say why {rule:?} is omitted",
+                u.container
+            );
+            for g in expand(&[*rule]) {
+                assert!(
+                    all.contains(&g),
+                    "{}: omitted {g:?} is not granted by upstream {}: stale omission",
+                    u.container,
+                    u.release
+                );
+            }
+        }
+        // The default path is covered: leader election is on for every
+        // controller sidecar, so its leases are never omitted.
+        if !u.namespaced.is_empty() {
+            assert!(
+                needs(u.container).1.contains(&(
+                    "coordination.k8s.io".to_string(),
+                    "leases".to_string(),
+                    "update".to_string()
+                )),
+                "{}",
+                u.container
+            );
+        }
+    }
+}
+
+/// The check that guards the RBAC fails on the RBAC this issue was found
+/// with: csi-provisioner allowed only get and list on volumesnapshots.
+#[test]
+fn rbac_check_rejects_the_provisioner_role_without_watch_and_update() {
+    let objects = Objects::render("deploy");
+    let pod = pod_spec_of_deployment(&objects.one("Deployment"));
+    check_rbac(&objects, NAMESPACE, &pod);
+
+    let mut docs = objects.0.clone();
+    let role = docs
+        .iter_mut()
+        .find(|v| v["kind"] == "ClusterRole" && v["metadata"]["name"] == "nfs-csi-provisioner")
+        .expect("the provisioner's ClusterRole");
+    let rule = role["rules"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|r| r["resources"] == json!(["volumesnapshots"]))
+        .expect("a rule for volumesnapshots");
+    rule["verbs"] = json!(["get", "list"]);
+    let old = Objects::parse(docs);
+    let err = std::panic::catch_unwind(|| check_rbac(&old, NAMESPACE, &pod))
+        .expect_err("the old provisioner role must be rejected");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.contains("csi-provisioner") && msg.contains("volumesnapshots"),
+        "{msg}"
+    );
+}
+
+/// Every sidecar runs the release whose RBAC `UPSTREAM` was read from, and
+/// the manifest names the release notes of its pin beside it.
+#[test]
+fn sidecar_images_are_the_releases_their_rbac_was_read_from() {
+    let mut seen = BTreeSet::new();
+    for dir in ["deploy", "deploy/examples/overlay", "snapshot-crds"] {
+        let objects = Objects::render(dir);
+        let pods: Vec<PodSpec> = objects
+            .all::<Deployment>("Deployment")
+            .iter()
+            .map(pod_spec_of_deployment)
+            .chain(
+                objects
+                    .all::<DaemonSet>("DaemonSet")
+                    .iter()
+                    .map(pod_spec_of_daemonset),
+            )
+            .collect();
+        for pod in &pods {
+            for c in pod.containers.iter().filter(|c| c.name != "nfs-csi") {
+                let u = upstream(&c.name);
+                assert_eq!(
+                    c.image.as_deref(),
+                    Some(format!("registry.k8s.io/sig-storage/{}:{}", u.image, u.release).as_str()),
+                    "{}: the pin and the upstream RBAC written down in tests/deploy.rs must be \
+                     of the same release; read the new release's RBAC ({}) when bumping",
+                    c.name,
+                    u.source
+                );
+                seen.insert(u.container);
+            }
+        }
+    }
+    let all: BTreeSet<&str> = UPSTREAM.iter().map(|u| u.container).collect();
+    assert_eq!(seen, all, "every sidecar written down is deployed");
+
+    // The citation beside each pin: the comment block right above `image:`.
+    for file in [
+        "deploy/base/controller.yaml",
+        "deploy/base/node.yaml",
+        "snapshot-crds/snapshot-controller.yaml",
+    ] {
+        let text = read(file);
+        let lines: Vec<&str> = text.lines().collect();
+        let mut pins = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let Some(image) = line
+                .trim()
+                .strip_prefix("image: registry.k8s.io/sig-storage/")
+            else {
+                continue;
+            };
+            pins += 1;
+            let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or_default();
+            let comment: String = lines[..i]
+                .iter()
+                .rev()
+                .take_while(|l| l.trim_start().starts_with('#'))
+                .map(|l| l.trim())
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(
+                comment.contains("CHANGELOG") && comment.contains(&format!("releases/tag/{tag}")),
+                "{file}: {image}: name the release notes of the pin in a comment right above it"
+            );
+        }
+        assert!(pins > 0, "{file} pins no sidecar");
+    }
+}
+
+/// Go's time.Duration syntax as the sidecars' flags take it ("10s", "1m30s").
+fn go_duration(s: &str) -> Option<std::time::Duration> {
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&n| n > 0)?;
+        let value: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let (unit, len) = [("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]
+            .into_iter()
+            .find(|(u, _)| rest.starts_with(u))
+            .map(|(u, f)| (f, u.len()))?;
+        total += value * unit;
+        rest = &rest[len..];
+    }
+    Some(std::time::Duration::from_secs_f64(total))
+}
+
+#[test]
+fn go_duration_parses_the_forms_used() {
+    assert_eq!(go_duration("10s"), Some(std::time::Duration::from_secs(10)));
+    assert_eq!(
+        go_duration("1m30s"),
+        Some(std::time::Duration::from_secs(90))
+    );
+    assert_eq!(
+        go_duration("500ms"),
+        Some(std::time::Duration::from_millis(500))
+    );
+    assert_eq!(go_duration("5m"), Some(std::time::Duration::from_secs(300)));
+    assert_eq!(go_duration("10"), None);
+    assert_eq!(go_duration(""), None);
+    assert_eq!(go_duration("s"), None);
+}
+
+/// A snapshot that answers CreateSnapshot with ready_to_use=false is asked
+/// again with the sidecar's exponential backoff, which grows to 5 minutes by
+/// default: capped, a finished snapshot is marked ready within seconds.
+#[test]
+fn snapshotter_retries_a_pending_snapshot_within_seconds() {
+    let objects = Objects::render("deploy");
+    let pod = pod_spec_of_deployment(&objects.one("Deployment"));
+    let snapshotter = container(&pod, "csi-snapshotter");
+    let max = flag(snapshotter, "--retry-interval-max", None)
+        .expect("csi-snapshotter has --retry-interval-max (its default is 5m)");
+    let max = go_duration(&max).unwrap_or_else(|| panic!("--retry-interval-max={max}"));
+    assert!(
+        max >= std::time::Duration::from_secs(1) && max <= std::time::Duration::from_secs(30),
+        "--retry-interval-max {max:?}: a ready snapshot waits up to this long to be seen"
+    );
+    if let Some(start) = flag(snapshotter, "--retry-interval-start", None) {
+        assert!(go_duration(&start).expect("a duration") <= max);
+    }
+}
+
+// ---------------------------------------------------- what apply compares
+
+/// A quantity in the canonical form the apiserver stores it in, for the forms
+/// written here: an unsigned decimal with an optional fraction and a decimal
+/// (n u m k M G T P E) or binary (Ki Mi Gi Ti Pi Ei) suffix. The rules of
+/// Kubernetes' resource.Quantity: the suffix family is kept; no precision is
+/// lost and no fraction is written; the suffix is as large as possible; a
+/// binary quantity under 1024 or with a fraction is written as a decimal one.
+/// Exponents, signs and values finer than 1n are refused (not used here).
+fn canonical_quantity(s: &str) -> Result<String, String> {
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    let digits = format!("{int}{frac}");
+    if digits.is_empty() || frac.contains('.') || digits.len() > 18 {
+        return Err(format!("{s:?}: not a number of the forms used here"));
+    }
+    let mantissa: u128 = digits.parse().map_err(|_| format!("{s:?}: not a number"))?;
+    let fraction_digits = frac.len() as u32;
+    let binary = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"]
+        .iter()
+        .position(|b| *b == suffix);
+    if let Some(p) = binary {
+        // mantissa * 1024^(p+1) / 10^fraction_digits bytes.
+        let numerator = mantissa << (10 * (p as u32 + 1));
+        let denominator = 10u128.pow(fraction_digits);
+        if !numerator.is_multiple_of(denominator) {
+            return decimal_canonical(numerator, -(fraction_digits as i32), s);
+        }
+        let bytes = numerator / denominator;
+        if bytes < 1024 {
+            return decimal_canonical(bytes, 0, s);
+        }
+        let mut value = bytes;
+        let mut power = 0;
+        while power < 6 && value.is_multiple_of(1024) {
+            value /= 1024;
+            power += 1;
+        }
+        let unit = if power == 0 {
+            ""
+        } else {
+            ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"][power - 1]
+        };
+        return Ok(format!("{value}{unit}"));
+    }
+    let exponent = match suffix {
+        "n" => -9,
+        "u" => -6,
+        "m" => -3,
+        "" => 0,
+        "k" => 3,
+        "M" => 6,
+        "G" => 9,
+        "T" => 12,
+        "P" => 15,
+        "E" => 18,
+        _ => {
+            return Err(format!(
+                "{s:?}: suffix {suffix:?} is not one of the forms used here"
+            ));
+        }
+    };
+    decimal_canonical(mantissa, exponent - fraction_digits as i32, s)
+}
+
+/// mantissa * 10^scale with the largest decimal SI suffix that keeps it an
+/// integer.
+fn decimal_canonical(mut mantissa: u128, mut scale: i32, s: &str) -> Result<String, String> {
+    if mantissa == 0 {
+        return Ok("0".into());
+    }
+    while mantissa.is_multiple_of(10) {
+        mantissa /= 10;
+        scale += 1;
+    }
+    if scale < -9 {
+        return Err(format!("{s:?}: finer than 1n, which the apiserver rounds"));
+    }
+    let exponent = (scale.div_euclid(3) * 3).min(18);
+    let value = mantissa * 10u128.pow((scale - exponent) as u32);
+    let suffix = match exponent {
+        -9 => "n",
+        -6 => "u",
+        -3 => "m",
+        0 => "",
+        3 => "k",
+        6 => "M",
+        9 => "G",
+        12 => "T",
+        15 => "P",
+        _ => "E",
+    };
+    Ok(format!("{value}{suffix}"))
+}
+
+#[test]
+fn canonical_quantity_follows_the_apiserver() {
+    for (written, stored) in [
+        ("10000", "10k"),
+        ("10k", "10k"),
+        ("1100", "1100"),
+        ("1000m", "1"),
+        ("1.5", "1500m"),
+        ("0.1", "100m"),
+        ("10m", "10m"),
+        ("100m", "100m"),
+        ("0", "0"),
+        ("0m", "0"),
+        ("2000000", "2M"),
+        ("1.5k", "1500"),
+        ("32Mi", "32Mi"),
+        ("1024Ki", "1Mi"),
+        ("1.5Gi", "1536Mi"),
+        ("2048Mi", "2Gi"),
+        ("1025Ki", "1025Ki"),
+        ("0.5Ki", "512"),
+        ("1Ki", "1Ki"),
+        ("1.5Ki", "1536"),
+        ("0.1Ki", "102400m"),
+        ("1000E", "1000E"),
+        ("1500u", "1500u"),
+    ] {
+        assert_eq!(
+            canonical_quantity(written).as_deref(),
+            Ok(stored),
+            "{written}"
+        );
+    }
+    for bad in ["", "Mi", "1e3", "-1", "1..2", "1.2.3", "5X", "0.0000000001"] {
+        assert!(canonical_quantity(bad).is_err(), "{bad:?}");
+    }
+}
+
+/// Every rendered object of every directory a user applies.
+fn everything_applied() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for dir in ["deploy", "deploy/examples/overlay", "snapshot-crds"] {
+        for v in Objects::render(dir).0 {
+            out.push((format!("{dir}: {}", describe(&v)), v));
+        }
+    }
+    for v in examples().0 {
+        out.push((format!("deploy/examples: {}", describe(&v)), v));
+    }
+    out
+}
+
+fn walk<'a>(v: &'a Value, path: &str, out: &mut Vec<(String, &'a str, &'a Value)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                out.push((path.to_string(), k.as_str(), x));
+                walk(x, &format!("{path}.{k}"), out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                walk(x, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What kubectl apply and server-side apply compare with what the apiserver
+/// stored: a quantity not in canonical form ("10000" stored as "10k") reads
+/// as changed on every apply and conflicts under server-side apply.
+#[test]
+fn every_quantity_is_written_as_the_apiserver_stores_it() {
+    let mut checked = 0;
+    for (what, v) in everything_applied() {
+        // CRD schemas hold no quantities, and their property names would read
+        // as ones.
+        if v["kind"] == "CustomResourceDefinition" {
+            continue;
+        }
+        let mut fields = Vec::new();
+        walk(&v, "", &mut fields);
+        for (path, key, value) in fields {
+            let quantities: Vec<(String, &Value)> = match (key, value) {
+                ("requests" | "limits" | "hard", Value::Object(m)) => m
+                    .iter()
+                    .map(|(k, q)| (format!("{path}.{key}.{k}"), q))
+                    .collect(),
+                ("sizeLimit", q) => vec![(format!("{path}.{key}"), q)],
+                _ => continue,
+            };
+            for (at, q) in quantities {
+                let text = q
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{what}: {at}: write the quantity as a string"));
+                let canonical =
+                    canonical_quantity(text).unwrap_or_else(|e| panic!("{what}: {at}: {e}"));
+                assert_eq!(
+                    text, canonical,
+                    "{what}: {at}: the apiserver stores {text:?} as {canonical:?}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} quantities found");
+}
+
+/// The apiserver defaults a fieldRef's apiVersion to v1; written without it,
+/// server-side apply conflicts on it.
+#[test]
+fn every_field_ref_names_its_api_version() {
+    let mut checked = 0;
+    for (what, v) in everything_applied() {
+        let mut fields = Vec::new();
+        walk(&v, "", &mut fields);
+        for (path, key, value) in fields {
+            if key == "fieldRef" {
+                assert_eq!(
+                    value.get("apiVersion").and_then(Value::as_str),
+                    Some("v1"),
+                    "{what}: {path}.fieldRef: write apiVersion: v1 as the apiserver defaults it"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 2, "only {checked} fieldRefs found");
 }
