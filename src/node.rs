@@ -951,6 +951,81 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn options_that_change_what_is_mounted_are_refused_everywhere() {
+        let (svc, fake, t) = service(true);
+        let staging = t.path().join("plugins/o/globalmount");
+        // from the capability (StorageClass or PV mountOptions), from the
+        // id, from a static PV's attributes
+        let cases: Vec<csi::NodeStageVolumeRequest> = vec![
+            csi::NodeStageVolumeRequest {
+                volume_id: "v1#nfs#10.0.0.1#/exports##pvc-1".into(),
+                volume_capability: mount_cap(&["nfsvers=4.1,bind"]),
+                ..Default::default()
+            },
+            csi::NodeStageVolumeRequest {
+                volume_id: "v1#nfs#10.0.0.1#/exports#X-mount.mkdir#pvc-1".into(),
+                volume_capability: mount_cap(&[]),
+                ..Default::default()
+            },
+            csi::NodeStageVolumeRequest {
+                volume_id: "static".into(),
+                volume_capability: mount_cap(&[]),
+                volume_context: [
+                    ("server".to_string(), "nfs.example".to_string()),
+                    ("share".to_string(), "/e".to_string()),
+                    ("mountOptions".to_string(), "remount".to_string()),
+                ]
+                .into(),
+                ..Default::default()
+            },
+        ];
+        for mut req in cases {
+            req.staging_target_path = staging.display().to_string();
+            let err = to_status(svc.stage(req).await.unwrap_err());
+            assert_eq!(
+                err.code(),
+                tonic::Code::InvalidArgument,
+                "{}",
+                err.message()
+            );
+            assert!(
+                err.message().contains("changes what is mounted"),
+                "{}",
+                err.message()
+            );
+        }
+        // a pod's inline volume: only the NFS client allow-list
+        for flags in [
+            &["bind"][..],
+            &["context=system_u:object_r:nfs_t:s0"],
+            &["addr=10.9.9.9"],
+        ] {
+            let req = csi::NodePublishVolumeRequest {
+                volume_id: "csi-abc".into(),
+                target_path: t.path().join("pods/u/mount").display().to_string(),
+                volume_capability: mount_cap(flags),
+                volume_context: [
+                    (EPHEMERAL_KEY.to_string(), "true".to_string()),
+                    ("server".to_string(), "nfs.allowed".to_string()),
+                    ("share".to_string(), "/e".to_string()),
+                ]
+                .into(),
+                ..Default::default()
+            };
+            let err = to_status(svc.publish(req).await.unwrap_err());
+            assert_eq!(
+                err.code(),
+                tonic::Code::InvalidArgument,
+                "{flags:?}: {}",
+                err.message()
+            );
+            assert!(err.message().contains(flags[0]), "{}", err.message());
+        }
+        assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+        assert!(!staging.exists() && !t.path().join("pods").exists());
+    }
+
+    #[tokio::test]
     async fn bad_paths_touch_nothing() {
         let (svc, fake, t) = service(false);
         for path in ["relative/x", "/etc/passwd", "", "/a/../b"] {

@@ -516,3 +516,292 @@ async fn read_only_publish_keeps_nosuid_nodev_noexec() {
         .await
         .unwrap();
 }
+
+/// A node driver with `--kubelet-dir <t>/kubelet`, a share with volumes
+/// `a` and `b`, and a canary directory outside the kubelet directory.
+struct Hostile {
+    t: tempfile::TempDir,
+    kubelet: PathBuf,
+    canary: PathBuf,
+    a: String,
+    b: String,
+    d: Driver,
+}
+
+impl Hostile {
+    async fn start() -> Hostile {
+        let t = tempfile::tempdir().unwrap();
+        let share = t.path().join("share");
+        for v in ["a", "b"] {
+            std::fs::create_dir_all(share.join(v)).unwrap();
+            std::fs::write(share.join(v).join("owner"), v).unwrap();
+        }
+        let kubelet = t.path().join("kubelet");
+        let canary = t.path().join("canary");
+        std::fs::create_dir_all(&kubelet).unwrap();
+        std::fs::create_dir_all(&canary).unwrap();
+        std::fs::write(canary.join("keep"), b"canary").unwrap();
+        let d = Driver::start(
+            t.path(),
+            &[
+                "--mode",
+                "node",
+                "--kubelet-dir",
+                &kubelet.display().to_string(),
+            ],
+        )
+        .await;
+        Hostile {
+            a: format!("v1#mounted#{}#a", share.display()),
+            b: format!("v1#mounted#{}#b", share.display()),
+            kubelet,
+            canary,
+            t,
+            d,
+        }
+    }
+
+    /// Nothing is mounted on or below the canary, and it is unchanged.
+    fn assert_canary_untouched(&self) {
+        assert!(
+            mounts_under(&self.canary).is_empty(),
+            "{:?}",
+            mounts_under(&self.canary)
+        );
+        assert_eq!(snapshot_tree(&self.canary), vec!["file keep".to_string()]);
+    }
+}
+
+fn symlink(to: &Path, at: &Path) {
+    std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(to, at).unwrap();
+}
+
+#[tokio::test]
+async fn symlinked_staging_and_target_paths_are_never_followed() {
+    need_root!();
+    let h = Hostile::start().await;
+    let _guard = MountGuard(h.t.path().to_path_buf());
+    let mut n = h.d.node().await;
+    let staging = h.kubelet.join("plugins/x/globalmount");
+    n.node_stage_volume(stage_req(&h.a, &staging))
+        .await
+        .unwrap();
+
+    // the target itself a symlink to a host directory
+    let t3 = h.kubelet.join("pods/p3/mount");
+    symlink(&h.canary, &t3);
+    let err = n
+        .node_publish_volume(publish_req(&h.a, &staging, &t3, false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().contains("symlink"), "{}", err.message());
+    h.assert_canary_untouched();
+    let err = n
+        .node_unpublish_volume(unpublish_req(&h.a, &t3))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(t3.symlink_metadata().unwrap().file_type().is_symlink());
+
+    // the target's parent a symlink to a host directory
+    symlink(&h.canary, &h.kubelet.join("pods/p4"));
+    let t4 = h.kubelet.join("pods/p4/mount");
+    let err = n
+        .node_publish_volume(publish_req(&h.a, &staging, &t4, false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    n.node_unpublish_volume(unpublish_req(&h.a, &t4))
+        .await
+        .unwrap_err();
+    h.assert_canary_untouched();
+
+    // the staging path, or its parent, a symlink to a host directory
+    for s in [
+        h.kubelet.join("plugins/y/globalmount"),
+        h.kubelet.join("plugins/z/globalmount"),
+    ] {
+        let link = if s.starts_with(h.kubelet.join("plugins/y")) {
+            s.clone()
+        } else {
+            s.parent().unwrap().to_path_buf()
+        };
+        symlink(&h.canary, &link);
+        let err = n.node_stage_volume(stage_req(&h.a, &s)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+        let err = n
+            .node_unstage_volume(unstage_req(&h.a, &s))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+        h.assert_canary_untouched();
+    }
+
+    // a symlink swapped in for the staging path after staging: publish
+    // refuses it, and unstage leaves the stage mount and the link alone
+    let s2 = h.kubelet.join("plugins/w/globalmount");
+    symlink(&staging, &s2);
+    let t5 = h.kubelet.join("pods/p5/mount");
+    let err = n
+        .node_publish_volume(publish_req(&h.a, &s2, &t5, false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    n.node_unstage_volume(unstage_req(&h.a, &s2))
+        .await
+        .unwrap_err();
+    assert_eq!(count_mounts(&staging), 1);
+
+    // the kubelet directory itself, and paths beside it
+    for bad in [
+        h.kubelet.clone(),
+        h.t.path().join("kubelet-other/x"),
+        h.canary.join("x"),
+    ] {
+        let err = n
+            .node_stage_volume(stage_req(&h.a, &bad))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+        let err = n
+            .node_unpublish_volume(unpublish_req(&h.a, &bad))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    }
+    assert_eq!(mounts_under(&h.kubelet), vec![staging.clone()]);
+
+    // a regular file where a target directory is expected stays
+    let file = h.kubelet.join("pods/p6/mount");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, b"data").unwrap();
+    let err = n
+        .node_unpublish_volume(unpublish_req(&h.a, &file))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert_eq!(std::fs::read(&file).unwrap(), b"data");
+
+    n.node_unstage_volume(unstage_req(&h.a, &staging))
+        .await
+        .unwrap();
+    assert!(mounts_under(h.t.path()).is_empty());
+    h.assert_canary_untouched();
+}
+
+#[tokio::test]
+async fn publish_from_another_volumes_stage_is_refused() {
+    need_root!();
+    let h = Hostile::start().await;
+    let _guard = MountGuard(h.t.path().to_path_buf());
+    let mut n = h.d.node().await;
+    let staging_a = h.kubelet.join("plugins/a/globalmount");
+    n.node_stage_volume(stage_req(&h.a, &staging_a))
+        .await
+        .unwrap();
+    let target = h.kubelet.join("pods/p/volumes/kubernetes.io~csi/b/mount");
+    let err = n
+        .node_publish_volume(publish_req(&h.b, &staging_a, &target, false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert_eq!(count_mounts(&target), 0);
+    // a publish of a itself works, and shows a's files
+    n.node_publish_volume(publish_req(&h.a, &staging_a, &target, false))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(target.join("owner")).unwrap(), b"a");
+    n.node_unpublish_volume(unpublish_req(&h.a, &target))
+        .await
+        .unwrap();
+    n.node_unstage_volume(unstage_req(&h.a, &staging_a))
+        .await
+        .unwrap();
+    assert!(mounts_under(h.t.path()).is_empty());
+}
+
+#[tokio::test]
+async fn read_write_once_pod_is_published_once_per_node() {
+    need_root!();
+    use csi::volume_capability::access_mode::Mode;
+    let h = Hostile::start().await;
+    let _guard = MountGuard(h.t.path().to_path_buf());
+    let mut n = h.d.node().await;
+    let staging = h.kubelet.join("plugins/a/globalmount");
+    let t1 = h.kubelet.join("pods/p1/mount");
+    let t2 = h.kubelet.join("pods/p2/mount");
+    let rwop = |mut r: csi::NodePublishVolumeRequest| {
+        r.volume_capability = Some(mount_cap(Mode::SingleNodeSingleWriter, &[]));
+        r
+    };
+    let mut stage = stage_req(&h.a, &staging);
+    stage.volume_capability = Some(mount_cap(Mode::SingleNodeSingleWriter, &[]));
+    n.node_stage_volume(stage).await.unwrap();
+    n.node_publish_volume(rwop(publish_req(&h.a, &staging, &t1, false)))
+        .await
+        .unwrap();
+    // the same target again: idempotent
+    n.node_publish_volume(rwop(publish_req(&h.a, &staging, &t1, false)))
+        .await
+        .unwrap();
+    let err = n
+        .node_publish_volume(rwop(publish_req(&h.a, &staging, &t2, false)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert_eq!(count_mounts(&t2), 0);
+    assert_eq!(count_mounts(&t1), 1);
+    // once unpublished at t1, t2 may have it
+    n.node_unpublish_volume(unpublish_req(&h.a, &t1))
+        .await
+        .unwrap();
+    n.node_publish_volume(rwop(publish_req(&h.a, &staging, &t2, false)))
+        .await
+        .unwrap();
+    // single-node multi-writer still allows several targets
+    let multi = |mut r: csi::NodePublishVolumeRequest| {
+        r.volume_capability = Some(mount_cap(Mode::SingleNodeMultiWriter, &[]));
+        r
+    };
+    n.node_publish_volume(multi(publish_req(&h.a, &staging, &t1, false)))
+        .await
+        .unwrap();
+    assert_eq!(count_mounts(&t1), 1);
+    for t in [&t1, &t2] {
+        n.node_unpublish_volume(unpublish_req(&h.a, t))
+            .await
+            .unwrap();
+    }
+    n.node_unstage_volume(unstage_req(&h.a, &staging))
+        .await
+        .unwrap();
+    assert!(mounts_under(h.t.path()).is_empty());
+}
+
+#[tokio::test]
+async fn stats_on_a_missing_path_is_not_found() {
+    need_root!();
+    let h = Hostile::start().await;
+    let _guard = MountGuard(h.t.path().to_path_buf());
+    let mut n = h.d.node().await;
+    let not_mounted = h.kubelet.join("pods/p/mount");
+    std::fs::create_dir_all(&not_mounted).unwrap();
+    for path in [
+        "some/path".to_string(),
+        h.kubelet.join("pods/none/mount").display().to_string(),
+        not_mounted.display().to_string(),
+    ] {
+        let err = n
+            .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                volume_id: h.a.clone(),
+                volume_path: path.clone(),
+                staging_target_path: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{path}: {}", err.message());
+    }
+}
