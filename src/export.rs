@@ -171,6 +171,18 @@ impl ExportSpec {
         }
     }
 
+    /// The same spec built again through the constructors' checks.
+    fn revalidated(&self) -> Result<Self, volume::Error> {
+        match self {
+            ExportSpec::Nfs {
+                server,
+                share,
+                options,
+            } => Self::nfs(server, share, options),
+            ExportSpec::Mounted { root } => Self::mounted(&root.to_string_lossy()),
+        }
+    }
+
     /// A readable, unique name for messages, logs and paging tokens.
     pub fn key(&self) -> String {
         match self {
@@ -295,7 +307,16 @@ impl Exports {
                 let list: Vec<ExportSpec> = serde_json::from_slice(&bytes)
                     .map_err(|e| state_err(std::io::Error::other(e)))?;
                 for spec in list {
-                    known.insert(spec.key(), spec);
+                    // Checked again: an older version may have accepted a
+                    // root that is refused now.
+                    match spec.revalidated() {
+                        Ok(spec) => {
+                            known.insert(spec.key(), spec);
+                        }
+                        Err(e) => {
+                            tracing::warn!(export = %spec.key(), error = %e, "known export dropped");
+                        }
+                    }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -701,6 +722,28 @@ mod tests {
         }
         let again = Exports::open(work.path(), vec![], fake, timeouts()).unwrap();
         assert_eq!(again.known().len(), 40);
+    }
+
+    #[test]
+    fn refused_roots_in_the_state_file_are_dropped() {
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(
+            work.path().join(STATE_FILE),
+            r#"[{"kind":"mounted","root":"/etc"},{"kind":"mounted","root":"/srv/ok"},
+               {"kind":"mounted","root":"//"},{"kind":"nfs","server":"h;x","share":"/e","options":[]}]"#,
+        )
+        .unwrap();
+        let exports = Exports::open(
+            work.path(),
+            vec![],
+            Arc::new(FakeMounter::default()),
+            timeouts(),
+        )
+        .unwrap();
+        assert_eq!(
+            exports.known(),
+            vec![ExportSpec::mounted("/srv/ok").unwrap()]
+        );
     }
 
     #[tokio::test]
