@@ -58,6 +58,9 @@ pub struct Config {
     pub snapshot_threads: u32,
     /// Where to serve Prometheus metrics; off when None.
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// When not empty, a `mountedShare` root must be one of these or below
+    /// one (enforced by `ExportSpec::mounted`, set up by `main`).
+    pub allowed_share_roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +119,7 @@ pub fn test_config(work_dir: PathBuf) -> Config {
         snapshot_level: 6,
         snapshot_threads: 2,
         metrics_address: None,
+        allowed_share_roots: vec![],
     }
 }
 

@@ -29,7 +29,7 @@ use crate::offload;
 use crate::safefs::{self, DirFd};
 use crate::snapshot::{self, SnapshotId, State, Store};
 use crate::tree;
-use crate::volume::{self, OnDelete, RESERVED_DIR, RelPath, VolumeId, VolumeRecord};
+use crate::volume::{self, OnDelete, RESERVED_DIR, RelPath, VolumeId, VolumeRecord, quote};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -47,30 +47,41 @@ pub enum Error {
     BadRange(String),
     #[error("volume content source has no snapshot or volume")]
     ContentSource,
-    #[error("snapshot {0} does not exist")]
+    #[error("snapshot {} does not exist", quote(.0))]
     SnapshotNotFound(String),
-    #[error("snapshot {0} is not ready yet; retry when the VolumeSnapshot is readyToUse")]
+    #[error(
+        "snapshot {} is not ready yet; retry when the VolumeSnapshot is readyToUse",
+        quote(.0)
+    )]
     SnapshotNotReady(String),
     #[error(
         "requested capacity {required} bytes is smaller than the source's {source_bytes} bytes"
     )]
     TooSmall { required: i64, source_bytes: i64 },
-    #[error("snapshot {name:?} already exists with source volume {existing}")]
+    #[error(
+        "snapshot {} already exists with source volume {}",
+        quote(name),
+        quote(existing)
+    )]
     SnapshotExists { name: String, existing: String },
     #[error("{0}")]
     JobFailed(String),
     #[error("limit_bytes {limit} is below the volume's capacity {current}; volumes do not shrink")]
     CannotShrink { limit: i64, current: i64 },
-    #[error("volume {0} is still being filled from its own source; retry when it is ready")]
+    #[error(
+        "volume {} is still being filled from its own source; retry when it is ready",
+        quote(.0)
+    )]
     SourceNotReady(String),
-    #[error("directory {subdir:?} cannot be this volume's: {reason}")]
+    #[error("directory {} cannot be this volume's: {reason}", quote(subdir))]
     DirInUse { subdir: String, reason: String },
-    #[error("volume {0} does not exist")]
+    #[error("volume {} does not exist", quote(.0))]
     NotFound(String),
-    #[error("volume {name:?} already exists and differs: {reason}")]
+    #[error("volume {} already exists and differs: {reason}", quote(name))]
     AlreadyExists { name: String, reason: String },
     #[error(
-        "starting_token {0:?} is not one this driver issued (or its export is gone); restart the listing"
+        "starting_token {} is not one this driver issued (or its export is gone); restart the listing",
+        quote(.0)
     )]
     BadToken(String),
     #[error("max_entries must not be negative")]
@@ -90,6 +101,10 @@ pub struct ControllerService {
     inflight: InFlight,
     jobs: Jobs,
     config: Arc<Config>,
+    /// One per export location: held while CreateVolume checks that the new
+    /// directory neither contains nor lies inside another volume's and
+    /// records it, so two overlapping creates cannot both pass the check.
+    create_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl ControllerService {
@@ -99,7 +114,13 @@ impl ControllerService {
             inflight: InFlight::default(),
             jobs: Jobs::default(),
             config,
+            create_locks: Default::default(),
         }
+    }
+
+    fn create_lock(&self, export: &ExportSpec) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.create_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(export.location()).or_default().clone()
     }
 }
 
@@ -166,6 +187,10 @@ fn record_file(subdir: &RelPath) -> String {
     format!("{}.json", subdir.digest())
 }
 
+fn is_record_file(name: &str) -> bool {
+    name.ends_with(".json") && !name.starts_with('.')
+}
+
 fn volume_context(id: &VolumeId) -> HashMap<String, String> {
     let mut ctx = HashMap::new();
     match &id.export {
@@ -190,9 +215,17 @@ fn to_volume(id: &VolumeId, capacity: i64) -> csi::Volume {
     }
 }
 
+/// Directory of `.nfs-csi/` indexing nested volumes:
+/// `nested/<digest of a directory>/<record file of a volume below it>`.
+const NESTED_DIR: &str = "nested";
+/// In `nested/`: the index covers every record (it was built from them once,
+/// for records written before the index existed).
+const NESTED_COMPLETE: &str = ".complete-v1";
+
 /// The driver's metadata directories on an export.
 struct Meta {
     root: DirFd,
+    meta: DirFd,
     volumes: DirFd,
     names: DirFd,
 }
@@ -211,23 +244,115 @@ impl Meta {
         };
         Ok(Some(Meta {
             root,
+            meta,
             volumes,
             names,
         }))
     }
 
-    fn record(&self, subdir: &RelPath) -> Result<Option<VolumeRecord>> {
-        let file = record_file(subdir);
-        match self.volumes.read_small(&file)? {
+    /// The nested-volume index, created (from every record) on first use.
+    fn nested(&self) -> Result<DirFd> {
+        let nested = self
+            .meta
+            .subdir(NESTED_DIR, true)?
+            .ok_or(Error::Missing("nested volume index"))?;
+        if !nested.entry_exists(OsStr::new(NESTED_COMPLETE))? {
+            let files = self.volumes.list()?;
+            tracing::info!(records = files.len(), "building the nested volume index");
+            for file in files {
+                let Some(file) = file.to_str().filter(|f| is_record_file(f)) else {
+                    continue;
+                };
+                let rec = match self.read_record_file(file) {
+                    Ok(Some(rec)) => rec,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(record = file, error = %e, "unreadable volume record skipped");
+                        continue;
+                    }
+                };
+                if let Ok(subdir) = RelPath::parse(&rec.subdir) {
+                    self.add_nested(&nested, &subdir)?;
+                }
+            }
+            nested.write_atomic(NESTED_COMPLETE, b"")?;
+        }
+        Ok(nested)
+    }
+
+    /// Notes `subdir` below each of its ancestors in the index.
+    fn add_nested(&self, nested: &DirFd, subdir: &RelPath) -> Result<()> {
+        let mut ancestor = subdir.split_last().0;
+        while let Some(a) = ancestor {
+            let (dir, _) = nested.child_or_create(OsStr::new(&a.digest()), 0o700)?;
+            dir.write_atomic(&record_file(subdir), subdir.as_str().as_bytes())?;
+            ancestor = a.split_last().0;
+        }
+        Ok(())
+    }
+
+    /// Drops `subdir` from the index (when there is one).
+    fn remove_nested(&self, subdir: &RelPath) -> Result<()> {
+        let Some(nested) = self.meta.subdir(NESTED_DIR, false)? else {
+            return Ok(());
+        };
+        let mut ancestor = subdir.split_last().0;
+        while let Some(a) = ancestor {
+            if let Some(dir) = nested.child(OsStr::new(&a.digest()))? {
+                dir.remove_file(&record_file(subdir))?;
+            }
+            ancestor = a.split_last().0;
+        }
+        Ok(())
+    }
+
+    /// A volume whose directory is strictly below `subdir`, if any (the
+    /// index may hold stale entries: only a live record counts).
+    fn volume_below(&self, nested: &DirFd, subdir: &RelPath) -> Result<Option<VolumeRecord>> {
+        let Some(dir) = nested.child(OsStr::new(&subdir.digest()))? else {
+            return Ok(None);
+        };
+        let prefix = format!("{}/", subdir.as_str());
+        for file in dir.list()? {
+            let Some(file) = file.to_str().filter(|f| is_record_file(f)) else {
+                continue;
+            };
+            if let Some(rec) = self.read_record_file(file)?
+                && rec.subdir.starts_with(&prefix)
+            {
+                return Ok(Some(rec));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The volume whose directory contains `subdir`, if any.
+    fn volume_above(&self, subdir: &RelPath) -> Result<Option<VolumeRecord>> {
+        let mut ancestor = subdir.split_last().0;
+        while let Some(a) = ancestor {
+            if let Some(outer) = self.record(&a)? {
+                return Ok(Some(outer));
+            }
+            ancestor = a.split_last().0;
+        }
+        Ok(None)
+    }
+
+    fn read_record_file(&self, file: &str) -> Result<Option<VolumeRecord>> {
+        match self.volumes.read_small(file)? {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| {
                 Error::CorruptRecord {
-                    path: self.volumes.path().join(&file),
+                    path: self.volumes.path().join(file),
                     source,
                 }
                 .into()
             }),
         }
+    }
+
+    fn record(&self, subdir: &RelPath) -> Result<Option<VolumeRecord>> {
+        self.read_record_file(&record_file(subdir))
     }
 
     fn save(&self, rec: &VolumeRecord, subdir: &RelPath) -> Result<()> {
@@ -260,7 +385,7 @@ impl Meta {
             }
         }
         self.volumes.remove_file(&record_file(subdir))?;
-        Ok(())
+        self.remove_nested(subdir)
     }
 
     /// The directory's state, for a VolumeCondition.
@@ -328,22 +453,34 @@ fn create_on_export(
             .write_atomic(&name_file, subdir.as_str().as_bytes())?;
         return Ok(existing);
     }
-    // A directory inside another volume's would be deleted with it.
-    let mut ancestor = subdir.split_last().0;
-    while let Some(a) = ancestor {
-        if let Some(outer) = meta.record(&a)? {
-            return Err(Error::DirInUse {
-                subdir: subdir.as_str().to_string(),
-                reason: format!(
-                    "it is inside volume {:?}'s directory {:?}",
-                    outer.name,
-                    a.as_str()
-                ),
-            }
-            .into());
+    // A directory inside another volume's would be deleted with it; one
+    // containing another volume's would expose that volume's data (and take
+    // it along when deleted or archived).
+    if let Some(outer) = meta.volume_above(subdir)? {
+        return Err(Error::DirInUse {
+            subdir: subdir.as_str().to_string(),
+            reason: format!(
+                "it is inside volume {}'s directory {}",
+                quote(&outer.name),
+                quote(&outer.subdir)
+            ),
         }
-        ancestor = a.split_last().0;
+        .into());
     }
+    let nested = meta.nested()?;
+    if let Some(inner) = meta.volume_below(&nested, subdir)? {
+        return Err(Error::DirInUse {
+            subdir: subdir.as_str().to_string(),
+            reason: format!(
+                "it contains volume {}'s directory {}",
+                quote(&inner.name),
+                quote(&inner.subdir)
+            ),
+        }
+        .into());
+    }
+    // Noted before the record, so a crash leaves a stale entry at worst.
+    meta.add_nested(&nested, subdir)?;
     let mut want = want;
     let (dir, created) = meta.root.create_all(subdir, want.mount_permissions)?;
     // A directory that was already there (retained data, data put there by
@@ -373,11 +510,26 @@ fn delete_on_export(root: &Path, subdir: &RelPath) -> Result<&'static str> {
         return Ok("unknown volume: nothing to do");
     };
     let (parent_dir, leaf) = meta.parent_of(subdir)?;
+    let inner = match (rec.on_delete, &parent_dir) {
+        (OnDelete::Retain, _) | (_, None) => None,
+        (OnDelete::Delete, _) if rec.adopted => None,
+        _ => meta.volume_below(&meta.nested()?, subdir)?,
+    };
     let done = match (rec.on_delete, parent_dir) {
         (_, None) => "directory already gone",
         (OnDelete::Retain, _) => "directory retained",
         (OnDelete::Delete, _) if rec.adopted => {
             "directory retained: it existed before the volume, so it is not the driver's to delete"
+        }
+        _ if inner.is_some() => {
+            // Only records from before the overlap check can get here.
+            let inner = inner.as_ref().map(|r| (quote(&r.name), quote(&r.subdir)));
+            tracing::warn!(
+                subdir = %quote(subdir.as_str()),
+                inner = ?inner,
+                "directory retained, not deleted or archived: it holds another volume's directory"
+            );
+            "directory retained: it contains another volume's directory"
         }
         (OnDelete::Delete, Some(dir)) => {
             dir.remove_tree(OsStr::new(leaf))?;
@@ -404,7 +556,11 @@ fn discard_on_export(root: &Path, subdir: &RelPath) -> Result<()> {
     };
     let (parent_dir, leaf) = meta.parent_of(subdir)?;
     let rec = meta.record(subdir)?;
-    if let Some(dir) = parent_dir {
+    let holds_other = match &parent_dir {
+        Some(_) => meta.volume_below(&meta.nested()?, subdir)?.is_some(),
+        None => false,
+    };
+    if let Some(dir) = parent_dir.filter(|_| !holds_other) {
         if rec.as_ref().is_some_and(|r| r.adopted) {
             // It existed (empty) before: take back only what was put in.
             if let Some(d) = dir.child(OsStr::new(leaf))? {
@@ -534,6 +690,7 @@ impl ControllerService {
         ])?;
         let (root, _) = self.exports.ready(&id.export).await?;
         self.exports.remember(&id.export).await?;
+        let create_lock = self.create_lock(&id.export);
         let requested = if capacity.0 > 0 {
             capacity.0
         } else {
@@ -557,12 +714,14 @@ impl ControllerService {
         };
         let subdir = id.subdir.clone();
         let dest_root = root.clone();
+        let creating = create_lock.lock().await;
         let rec = offload::run(
             "create volume directory",
             self.exports.timeouts().fs,
             move || create_on_export(&dest_root, want, &subdir, capacity),
         )
         .await??;
+        drop(creating);
         if !rec.populated
             && let Some(source) = source
         {
@@ -1160,6 +1319,14 @@ impl ControllerService {
             }
         }
         volume::check_known(&req.parameters)?;
+        let names_export = ["server", "share", "mountedShare"]
+            .iter()
+            .any(|k| req.parameters.contains_key(*k));
+        if !names_export && self.exports.default_export().is_none() {
+            // Parameters are optional (CSI spec): with no export named and
+            // none by default, there is no capacity to report.
+            return Ok(csi::GetCapacityResponse::default());
+        }
         let export =
             volume::export_from_params(&req.parameters, &flags, self.exports.default_export())?;
         let (_, stats) = self.exports.ready(&export).await?;
@@ -1417,7 +1584,7 @@ fn list_export(
         .list()?
         .into_iter()
         .filter_map(|n| n.into_string().ok())
-        .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+        .filter(|n| is_record_file(n))
         .filter(|n| after.is_none_or(|a| n.as_str() > a))
         .collect();
     let mut entries = Vec::new();
@@ -1470,7 +1637,7 @@ fn capability(t: controller_service_capability::rpc::Type) -> ControllerServiceC
 
 #[tonic::async_trait]
 impl Controller for ControllerService {
-    #[instrument(skip_all, fields(name = %request.get_ref().name))]
+    #[instrument(skip_all, fields(name = %volume::short(&request.get_ref().name)))]
     async fn create_volume(
         &self,
         request: Request<csi::CreateVolumeRequest>,
@@ -1478,7 +1645,7 @@ impl Controller for ControllerService {
         respond(self.create(request.into_inner())).await
     }
 
-    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume_id = %volume::short(&request.get_ref().volume_id)))]
     async fn delete_volume(
         &self,
         request: Request<csi::DeleteVolumeRequest>,
@@ -1486,7 +1653,7 @@ impl Controller for ControllerService {
         respond(self.delete(request.into_inner())).await
     }
 
-    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume_id = %volume::short(&request.get_ref().volume_id)))]
     async fn validate_volume_capabilities(
         &self,
         request: Request<csi::ValidateVolumeCapabilitiesRequest>,
@@ -1494,7 +1661,7 @@ impl Controller for ControllerService {
         respond(self.validate(request.into_inner())).await
     }
 
-    #[instrument(skip_all, fields(token = %request.get_ref().starting_token))]
+    #[instrument(skip_all, fields(token = %volume::short(&request.get_ref().starting_token)))]
     async fn list_volumes(
         &self,
         request: Request<csi::ListVolumesRequest>,
@@ -1536,7 +1703,7 @@ impl Controller for ControllerService {
         }))
     }
 
-    #[instrument(skip_all, fields(name = %request.get_ref().name, source = %request.get_ref().source_volume_id))]
+    #[instrument(skip_all, fields(name = %volume::short(&request.get_ref().name), source = %volume::short(&request.get_ref().source_volume_id)))]
     async fn create_snapshot(
         &self,
         request: Request<csi::CreateSnapshotRequest>,
@@ -1548,7 +1715,7 @@ impl Controller for ControllerService {
         .await
     }
 
-    #[instrument(skip_all, fields(snapshot_id = %request.get_ref().snapshot_id))]
+    #[instrument(skip_all, fields(snapshot_id = %volume::short(&request.get_ref().snapshot_id)))]
     async fn delete_snapshot(
         &self,
         request: Request<csi::DeleteSnapshotRequest>,
@@ -1560,7 +1727,7 @@ impl Controller for ControllerService {
         .await
     }
 
-    #[instrument(skip_all, fields(snapshot_id = %request.get_ref().snapshot_id, source = %request.get_ref().source_volume_id))]
+    #[instrument(skip_all, fields(snapshot_id = %volume::short(&request.get_ref().snapshot_id), source = %volume::short(&request.get_ref().source_volume_id)))]
     async fn list_snapshots(
         &self,
         request: Request<csi::ListSnapshotsRequest>,
@@ -1572,7 +1739,7 @@ impl Controller for ControllerService {
         .await
     }
 
-    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume_id = %volume::short(&request.get_ref().volume_id)))]
     async fn controller_expand_volume(
         &self,
         request: Request<csi::ControllerExpandVolumeRequest>,
@@ -1580,7 +1747,7 @@ impl Controller for ControllerService {
         respond(self.expand(request.into_inner())).await
     }
 
-    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume_id = %volume::short(&request.get_ref().volume_id)))]
     async fn controller_get_volume(
         &self,
         request: Request<csi::ControllerGetVolumeRequest>,
@@ -1687,6 +1854,59 @@ mod tests {
         assert_eq!(delete_on_export(t.path(), &b).unwrap(), "directory deleted");
         assert!(!t.path().join("ns/b").exists());
         assert!(t.path().join("ns").is_dir(), "parent must stay");
+    }
+
+    #[test]
+    fn a_volume_never_contains_another() {
+        let t = tempfile::tempdir().unwrap();
+        let a = RelPath::parse("team/a").unwrap();
+        let team = RelPath::parse("team").unwrap();
+        create_on_export(t.path(), rec("a", "team/a", OnDelete::Delete), &a, (0, 0)).unwrap();
+        std::fs::write(t.path().join("team/a/data"), b"a's").unwrap();
+        let err = create_on_export(t.path(), rec("b", "team", OnDelete::Archive), &team, (0, 0))
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"team\"") && msg.contains("\"a\"") && msg.contains("\"team/a\""),
+            "{msg}"
+        );
+        assert_eq!(crate::error::code(&err), tonic::Code::FailedPrecondition);
+        // once a is gone, its directory's parent may become a volume
+        delete_on_export(t.path(), &a).unwrap();
+        create_on_export(t.path(), rec("b", "team", OnDelete::Delete), &team, (0, 0)).unwrap();
+    }
+
+    #[test]
+    fn records_from_before_the_index_are_indexed_and_outer_volumes_retained() {
+        for policy in [OnDelete::Delete, OnDelete::Archive] {
+            let t = tempfile::tempdir().unwrap();
+            let a = RelPath::parse("team/a").unwrap();
+            let team = RelPath::parse("team").unwrap();
+            create_on_export(t.path(), rec("a", "team/a", OnDelete::Delete), &a, (0, 0)).unwrap();
+            std::fs::write(t.path().join("team/a/data"), b"a's").unwrap();
+            // As an older version left it: an outer record, no index.
+            let meta = Meta::open(t.path(), false).unwrap().unwrap();
+            meta.save(&rec("b", "team", policy), &team).unwrap();
+            std::fs::remove_dir_all(t.path().join(".nfs-csi/nested")).unwrap();
+            assert_eq!(
+                delete_on_export(t.path(), &team).unwrap(),
+                "directory retained: it contains another volume's directory"
+            );
+            assert_eq!(std::fs::read(t.path().join("team/a/data")).unwrap(), b"a's");
+            assert!(
+                meta.record(&team).unwrap().is_none(),
+                "outer record forgotten"
+            );
+            assert!(meta.record(&a).unwrap().is_some());
+            // the rebuilt index still knows a is below team
+            let err =
+                create_on_export(t.path(), rec("c", "team", policy), &team, (0, 0)).unwrap_err();
+            assert!(err.to_string().contains("contains volume"), "{err}");
+            // and a discarded outer volume never empties it either
+            meta.save(&rec("b", "team", policy), &team).unwrap();
+            discard_on_export(t.path(), &team).unwrap();
+            assert_eq!(std::fs::read(t.path().join("team/a/data")).unwrap(), b"a's");
+        }
     }
 
     #[test]

@@ -172,12 +172,33 @@ pub async fn respond<T, E: Into<Error>>(
     }
 }
 
+/// Longest status message (and error log line) sent: gRPC clients commonly
+/// refuse response metadata over 8 KiB, and logs must stay bounded.
+pub const MAX_MESSAGE: usize = 1024;
+
+/// `message` cut to at most [`MAX_MESSAGE`] bytes (at a character
+/// boundary), saying how long it was.
+fn capped(mut message: String) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message;
+    }
+    let total = message.len();
+    let suffix = format!("…(message cut: {total} bytes)");
+    let mut cut = MAX_MESSAGE - suffix.len();
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    message.truncate(cut);
+    message.push_str(&suffix);
+    message
+}
+
 /// Turns an error into the Status the client sees, logging it once.
 pub fn to_status(err: impl Into<Error>) -> Status {
     let err = err.into();
     let code = code(&err);
     crate::metrics::error(kind(&err));
-    let message = chain(&err);
+    let message = capped(chain(&err));
     match code {
         Code::Internal | Code::Unavailable => tracing::error!(code = ?code, "{message}"),
         _ => tracing::warn!(code = ?code, "{message}"),
@@ -251,5 +272,27 @@ mod tests {
             source: Errno::ENOSPC,
         };
         assert_eq!(to_status(full).code(), Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn messages_are_capped() {
+        for n in [0, 10, 1023, 1024, 1025, 3 << 20] {
+            for unit in ["x", "é", "🦀"] {
+                let long = unit.repeat(n);
+                let s = to_status(controller::Error::JobFailed(long.clone()));
+                assert!(s.message().len() <= MAX_MESSAGE, "{n} {unit}");
+                if long.len() <= MAX_MESSAGE {
+                    assert_eq!(s.message(), long);
+                } else {
+                    let total = long.len();
+                    assert!(
+                        s.message()
+                            .ends_with(&format!("(message cut: {total} bytes)")),
+                        "{}",
+                        s.message()
+                    );
+                }
+            }
+        }
     }
 }

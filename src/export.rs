@@ -6,9 +6,12 @@
 //! timeout, one probe at a time per export) and remounts it when its handle
 //! went stale. A server that does not answer makes calls on that export fail
 //! with UNAVAILABLE; it never blocks calls on other exports. A `mountedShare`
-//! root is trusted (it comes from the admin's StorageClass or flags) but must
-//! be an existing directory. The list of exports ever used is persisted in
-//! the work directory so ListVolumes covers them after a restart.
+//! root comes from the admin's StorageClass or flags, but mistakes happen: it
+//! must be an existing directory reached without symlinks, outside the host's
+//! system trees, and below an `--allowed-share-root` when those are set. The
+//! list of exports ever used is persisted in the work directory (each write
+//! under one lock, with every export known) so ListVolumes covers them after
+//! a restart.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -22,7 +25,66 @@ use sha2::{Digest, Sha256};
 use crate::mount::{self, Mounter};
 use crate::offload::{self, Probes};
 use crate::safefs::{self, FsStats};
-use crate::volume::{self, RelPath, absolute_path};
+use crate::volume::{self, RelPath, absolute_path, quote};
+
+/// Host directories that are never a `mountedShare` root (nor below one):
+/// the host's own system trees. A `lib*` top directory is refused too.
+const SYSTEM_TREES: &[&str] = &[
+    "/proc",
+    "/sys",
+    "/dev",
+    "/etc",
+    "/boot",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/run",
+    "/var/run",
+    "/var/lib/kubelet",
+];
+
+/// The admin's `--allowed-share-root`s, set once at start; unset or empty:
+/// any root outside the system trees.
+static ALLOWED_ROOTS: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+
+/// Sets the directories a `mountedShare` root must be (or be below), for
+/// the life of the process. Call before parsing any export; a second call
+/// is ignored (returns false).
+pub fn set_allowed_roots(roots: Vec<PathBuf>) -> bool {
+    ALLOWED_ROOTS.set(roots).is_ok()
+}
+
+/// Why `root` (a validated absolute path) cannot be a `mountedShare` root
+/// under `allowed` (empty: no allow-list), if it cannot.
+fn refused_root(root: &Path, allowed: &[PathBuf]) -> Option<String> {
+    if root == Path::new("/") {
+        return Some("the host's / cannot be a share".into());
+    }
+    let first = root
+        .components()
+        .nth(1)
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if first.starts_with("lib") || SYSTEM_TREES.iter().any(|t| root.starts_with(t)) {
+        return Some(format!(
+            "{} is in a host system directory (/proc, /sys, /dev, /etc, /boot, /usr, /bin, \
+             /sbin, /lib*, /run, /var/lib/kubelet); use a directory made for shared data",
+            quote(&root.to_string_lossy())
+        ));
+    }
+    if !allowed.is_empty() && !allowed.iter().any(|a| root.starts_with(a)) {
+        return Some(format!(
+            "{} is not below an allowed share root (--allowed-share-root: {})",
+            quote(&root.to_string_lossy()),
+            allowed
+                .iter()
+                .map(|a| a.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    None
+}
 
 /// Where volumes are carved from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -53,7 +115,7 @@ impl ExportSpec {
         if !host_ok {
             return Err(bad(
                 "server",
-                format!("{server:?} is not a host name or IP address"),
+                format!("{} is not a host name or IP address", quote(server)),
             ));
         }
         let share = absolute_path("share", share)?;
@@ -65,7 +127,7 @@ impl ExportSpec {
             if !ok {
                 return Err(bad(
                     "mountOptions",
-                    format!("{o:?} is not a valid NFS mount option"),
+                    format!("{} is not a valid NFS mount option", quote(o)),
                 ));
             }
         }
@@ -76,12 +138,17 @@ impl ExportSpec {
         })
     }
 
+    /// A `mountedShare` root: an absolute path, not `/`, outside the
+    /// host's system trees and, when the admin set `--allowed-share-root`,
+    /// at or below one of those. (Symlinks on the way are refused when the
+    /// root is opened: see `safefs::DirFd::open_root`.)
     pub fn mounted(root: &str) -> Result<Self, volume::Error> {
         let root = absolute_path("mountedShare", root)?;
-        if root == Path::new("/") {
+        let allowed = ALLOWED_ROOTS.get().map(Vec::as_slice).unwrap_or(&[]);
+        if let Some(reason) = refused_root(&root, allowed) {
             return Err(volume::Error::InvalidParameter {
                 name: "mountedShare".into(),
-                reason: "the host's / cannot be a share".into(),
+                reason,
             });
         }
         Ok(ExportSpec::Mounted { root })
@@ -99,8 +166,20 @@ impl ExportSpec {
             }
             None => Err(volume::Error::InvalidParameter {
                 name: "export".into(),
-                reason: format!("{s:?} is neither server:/share nor an absolute path"),
+                reason: format!("{} is neither server:/share nor an absolute path", quote(s)),
             }),
+        }
+    }
+
+    /// The same spec built again through the constructors' checks.
+    fn revalidated(&self) -> Result<Self, volume::Error> {
+        match self {
+            ExportSpec::Nfs {
+                server,
+                share,
+                options,
+            } => Self::nfs(server, share, options),
+            ExportSpec::Mounted { root } => Self::mounted(&root.to_string_lossy()),
         }
     }
 
@@ -196,7 +275,14 @@ pub struct Exports {
     probes: Probes<Result<FsStats, Errno>>,
     mount_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     configured: Vec<ExportSpec>,
-    known: Mutex<BTreeMap<String, ExportSpec>>,
+    known: Arc<Mutex<BTreeMap<String, ExportSpec>>>,
+    /// Held while the state file is written (by the blocking thread, so a
+    /// write that outlives its timeout still cannot interleave with the
+    /// next); each write takes the whole list as it is then.
+    save_lock: Arc<Mutex<()>>,
+    /// A save failed: the next `remember` writes again even if it adds
+    /// nothing new.
+    unsaved: Arc<std::sync::atomic::AtomicBool>,
 }
 
 const STATE_FILE: &str = "exports.json";
@@ -221,7 +307,16 @@ impl Exports {
                 let list: Vec<ExportSpec> = serde_json::from_slice(&bytes)
                     .map_err(|e| state_err(std::io::Error::other(e)))?;
                 for spec in list {
-                    known.insert(spec.key(), spec);
+                    // Checked again: an older version may have accepted a
+                    // root that is refused now.
+                    match spec.revalidated() {
+                        Ok(spec) => {
+                            known.insert(spec.key(), spec);
+                        }
+                        Err(e) => {
+                            tracing::warn!(export = %spec.key(), error = %e, "known export dropped");
+                        }
+                    }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -237,7 +332,9 @@ impl Exports {
             probes: Probes::default(),
             mount_locks: Mutex::new(HashMap::new()),
             configured,
-            known: Mutex::new(known),
+            known: Arc::new(Mutex::new(known)),
+            save_lock: Arc::default(),
+            unsaved: Arc::default(),
         })
     }
 
@@ -267,35 +364,54 @@ impl Exports {
             .collect()
     }
 
-    /// Adds `spec` to the known exports, persisting the list.
+    /// Adds `spec` to the known exports, persisting the list. Concurrent
+    /// calls never lose one another's export: the file is written under a
+    /// lock with the list as it is at that moment, after the insert.
     pub async fn remember(&self, spec: &ExportSpec) -> Result<(), Error> {
-        let list = {
+        use std::sync::atomic::Ordering;
+        {
             let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            if known.contains_key(&spec.key()) {
+            if known.contains_key(&spec.key()) && !self.unsaved.load(Ordering::SeqCst) {
                 return Ok(());
             }
             known.insert(spec.key(), spec.clone());
-            known.values().cloned().collect::<Vec<_>>()
-        };
+        }
         let dir = self.work_dir.clone();
-        let bytes = serde_json::to_vec_pretty(&list).map_err(|e| Error::State {
-            path: dir.join(STATE_FILE),
-            source: std::io::Error::other(e),
-        })?;
         let path = dir.join(STATE_FILE);
+        let (known, save_lock, unsaved) = (
+            self.known.clone(),
+            self.save_lock.clone(),
+            self.unsaved.clone(),
+        );
         let res = offload::run("save exports", self.timeouts.fs, move || {
-            safefs::DirFd::open_root(&dir)
-                .and_then(|d| d.write_atomic(STATE_FILE, &bytes))
-                .map_err(|e| std::io::Error::other(e.to_string()))
+            let _saving = save_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let list: Vec<ExportSpec> = known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            let res = serde_json::to_vec_pretty(&list)
+                .map_err(std::io::Error::other)
+                .and_then(|bytes| {
+                    safefs::DirFd::open_root(&dir)
+                        .and_then(|d| d.write_atomic(STATE_FILE, &bytes))
+                        .map_err(|e| std::io::Error::other(e.to_string()))
+                });
+            unsaved.store(res.is_err(), Ordering::SeqCst);
+            res
         })
         .await;
         match res {
             Ok(Ok(())) => Ok(()),
             Ok(Err(source)) => Err(Error::State { path, source }),
-            Err(e) => Err(Error::State {
-                path,
-                source: std::io::Error::other(e.to_string()),
-            }),
+            Err(e) => {
+                self.unsaved.store(true, Ordering::SeqCst);
+                Err(Error::State {
+                    path,
+                    source: std::io::Error::other(e.to_string()),
+                })
+            }
         }
     }
 
@@ -537,6 +653,97 @@ mod tests {
         let again = Exports::open(work.path(), vec![], fake, timeouts()).unwrap();
         assert_eq!(again.known(), vec![configured, used]);
         assert!(again.default_export().is_none());
+    }
+
+    #[test]
+    fn system_roots_are_refused() {
+        for bad in [
+            "/",
+            "/proc/self/root",
+            "/proc",
+            "/etc",
+            "/etc/ssl",
+            "/sys/fs",
+            "/dev/shm",
+            "/usr/local/share",
+            "/lib",
+            "/lib64/x",
+            "/boot",
+            "/bin",
+            "/sbin",
+            "/run/secrets",
+            "/var/lib/kubelet",
+            "/var/lib/kubelet/pods",
+        ] {
+            assert!(ExportSpec::mounted(bad).is_err(), "{bad}");
+            assert!(ExportSpec::parse_flag(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "/srv/shared",
+            "/tmp/x",
+            "/mnt/nfs",
+            "/var/lib/data",
+            "/etcd",
+            "/library",
+        ] {
+            let first = good.split('/').nth(1).unwrap();
+            if first.starts_with("lib") {
+                assert!(ExportSpec::mounted(good).is_err(), "{good}");
+            } else {
+                assert!(ExportSpec::mounted(good).is_ok(), "{good}");
+            }
+        }
+        let allowed = [PathBuf::from("/srv/shared"), PathBuf::from("/mnt/a")];
+        assert!(refused_root(Path::new("/srv/shared"), &allowed).is_none());
+        assert!(refused_root(Path::new("/srv/shared/x"), &allowed).is_none());
+        assert!(refused_root(Path::new("/mnt/a/b"), &allowed).is_none());
+        let why = refused_root(Path::new("/srv/sharedx"), &allowed).unwrap();
+        assert!(why.contains("--allowed-share-root"), "{why}");
+        assert!(refused_root(Path::new("/tmp/x"), &allowed).is_some());
+        assert!(refused_root(Path::new("/tmp/x"), &[]).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_remembers_are_all_saved() {
+        let work = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeMounter::default());
+        let exports =
+            Arc::new(Exports::open(work.path(), vec![], fake.clone(), timeouts()).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let e = exports.clone();
+            tasks.push(tokio::spawn(async move {
+                let spec = ExportSpec::mounted(&format!("/srv/r{i}")).unwrap();
+                e.remember(&spec).await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let again = Exports::open(work.path(), vec![], fake, timeouts()).unwrap();
+        assert_eq!(again.known().len(), 40);
+    }
+
+    #[test]
+    fn refused_roots_in_the_state_file_are_dropped() {
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(
+            work.path().join(STATE_FILE),
+            r#"[{"kind":"mounted","root":"/etc"},{"kind":"mounted","root":"/srv/ok"},
+               {"kind":"mounted","root":"//"},{"kind":"nfs","server":"h;x","share":"/e","options":[]}]"#,
+        )
+        .unwrap();
+        let exports = Exports::open(
+            work.path(),
+            vec![],
+            Arc::new(FakeMounter::default()),
+            timeouts(),
+        )
+        .unwrap();
+        assert_eq!(
+            exports.known(),
+            vec![ExportSpec::mounted("/srv/ok").unwrap()]
+        );
     }
 
     #[tokio::test]

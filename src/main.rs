@@ -104,6 +104,14 @@ struct ServeArgs {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics (off by default).
     #[arg(long, env = "METRICS_ADDRESS")]
     metrics_address: Option<std::net::SocketAddr>,
+    /// A directory mountedShare roots must be in (repeatable; when none is
+    /// given, any root outside the host's system directories).
+    #[arg(
+        long = "allowed-share-root",
+        env = "NFS_CSI_ALLOWED_SHARE_ROOTS",
+        value_delimiter = ','
+    )]
+    allowed_share_roots: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -141,6 +149,15 @@ fn init_logging(format: LogFormat) {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let allowed_share_roots = args
+        .allowed_share_roots
+        .iter()
+        .filter(|r| !r.is_empty())
+        .map(|r| nfs_csi::volume::absolute_path("--allowed-share-root", r))
+        .collect::<Result<Vec<_>, _>>()
+        .context("--allowed-share-root")?;
+    // Before any export is parsed: the configured ones are checked too.
+    nfs_csi::export::set_allowed_roots(allowed_share_roots.clone());
     let exports = args
         .exports
         .iter()
@@ -168,6 +185,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32))
             .max(1),
         metrics_address: args.metrics_address,
+        allowed_share_roots,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -254,6 +254,22 @@ pub struct Service<S> {
     inner: S,
 }
 
+/// Counts one call in a gauge for as long as it lives.
+struct InFlightGuard(Gauge);
+
+impl InFlightGuard {
+    fn new(gauge: Gauge) -> InFlightGuard {
+        gauge.inc();
+        InFlightGuard(gauge)
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// `/csi.v1.Controller/CreateVolume` -> `CreateVolume`.
 fn method_of(path: &str) -> String {
     path.rsplit('/').next().unwrap_or(path).to_string()
@@ -291,11 +307,12 @@ where
                 let label = Method {
                     method: method.clone(),
                 };
-                let gauge = m.in_flight.get_or_create(&label).clone();
-                gauge.inc();
+                // Decremented when this future ends, however it ends: done,
+                // dropped by a cancelled call, or unwound by a panic.
+                let in_flight = InFlightGuard::new(m.in_flight.get_or_create(&label).clone());
                 let start = Instant::now();
                 let res = inner.call(req).await;
-                gauge.dec();
+                drop(in_flight);
                 m.latency
                     .get_or_create(&label)
                     .observe(start.elapsed().as_secs_f64());
@@ -327,6 +344,24 @@ mod tests {
         assert_eq!(method_of("/csi.v1.Controller/CreateVolume"), "CreateVolume");
         assert_eq!(code_name("5"), "NotFound");
         assert_eq!(code_name("10"), "Aborted");
+    }
+
+    #[test]
+    fn in_flight_guard_decrements_on_drop_and_unwind() {
+        let g = Gauge::default();
+        {
+            let _a = InFlightGuard::new(g.clone());
+            let _b = InFlightGuard::new(g.clone());
+            assert_eq!(g.get(), 2);
+        }
+        assert_eq!(g.get(), 0);
+        let g2 = g.clone();
+        let r = std::panic::catch_unwind(move || {
+            let _a = InFlightGuard::new(g2);
+            panic!("handler panicked");
+        });
+        assert!(r.is_err());
+        assert_eq!(g.get(), 0);
     }
 
     #[test]

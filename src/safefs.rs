@@ -67,20 +67,32 @@ pub struct DirFd {
 }
 
 impl DirFd {
-    /// Opens a trusted absolute path (an export root given by the admin).
+    /// Opens an admin-given directory (an export root, the work directory)
+    /// one component at a time from `/` (or the current directory for a
+    /// relative path) with `O_NOFOLLOW | O_DIRECTORY`: a symlink anywhere
+    /// on the way, magic links such as `/proc/self/root` included, is
+    /// refused rather than followed.
     pub fn open_root(path: &Path) -> Result<DirFd> {
-        let fd = openat(
-            AT_FDCWD,
-            path,
-            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
-            Errno::ENOTDIR => Error::NotADirectory {
+        use std::path::Component;
+        let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+        let refuse = |e: Errno| match e {
+            Errno::ENOTDIR | Errno::ELOOP => Error::NotADirectory {
                 path: path.to_path_buf(),
             },
             e => io("open", path)(e),
-        })?;
+        };
+        let start = if path.is_absolute() { "/" } else { "." };
+        let mut fd = openat(AT_FDCWD, start, flags, Mode::empty()).map_err(refuse)?;
+        for comp in path.components() {
+            let name = match comp {
+                Component::RootDir | Component::CurDir => continue,
+                Component::ParentDir => OsStr::new(".."),
+                Component::Normal(n) => n,
+                Component::Prefix(_) => return Err(refuse(Errno::EINVAL)),
+            };
+            fd = openat(fd.as_fd(), name, flags | OFlag::O_NOFOLLOW, Mode::empty())
+                .map_err(refuse)?;
+        }
         Ok(DirFd {
             fd,
             path: path.to_path_buf(),
@@ -561,6 +573,28 @@ mod tests {
         symlink(t.path().join("target"), t.path().join("link")).unwrap();
         let root = DirFd::open_root(t.path()).unwrap();
         assert!(root.read_small("link").is_err());
+    }
+
+    #[test]
+    fn open_root_refuses_symlinks_on_the_way() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("real/share")).unwrap();
+        symlink(t.path().join("real"), t.path().join("link")).unwrap();
+        assert!(DirFd::open_root(&t.path().join("real/share")).is_ok());
+        for bad in [
+            t.path().join("link/share"),
+            t.path().join("link"),
+            PathBuf::from("/proc/self/root"),
+            PathBuf::from("/proc/self/root/tmp"),
+        ] {
+            let err = DirFd::open_root(&bad).err();
+            assert!(
+                matches!(err, Some(Error::NotADirectory { .. })),
+                "{bad:?}: {err:?}"
+            );
+        }
+        let missing = DirFd::open_root(&t.path().join("nope")).err().unwrap();
+        assert_eq!(missing.errno(), Some(Errno::ENOENT));
     }
 
     #[test]

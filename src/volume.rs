@@ -22,6 +22,27 @@ pub const RESERVED_DIR: &str = ".nfs-csi";
 const MAX_PATH: usize = 4096;
 const MAX_COMPONENT: usize = 255;
 
+/// Most characters of an input an error message quotes.
+pub const QUOTE_CHARS: usize = 200;
+
+/// `s` quoted for an error message: Debug-quoted, cut to its first
+/// [`QUOTE_CHARS`] characters (then `…(N bytes)`), so a huge input never
+/// makes a huge message or log line.
+pub fn quote(s: &str) -> String {
+    match s.char_indices().nth(QUOTE_CHARS) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}…({} bytes)", &s[..cut], s.len()),
+    }
+}
+
+/// `s` as is when short, else like [`quote`] but unquoted: for log fields.
+pub fn short(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(QUOTE_CHARS) {
+        None => s.into(),
+        Some((cut, _)) => format!("{}…({} bytes)", &s[..cut], s.len()).into(),
+    }
+}
+
 /// Parameters that external-provisioner adds with `--extra-create-metadata`.
 pub const PARAM_PVC_NAME: &str = "csi.storage.k8s.io/pvc/name";
 pub const PARAM_PVC_NAMESPACE: &str = "csi.storage.k8s.io/pvc/namespace";
@@ -30,15 +51,18 @@ const K8S_PREFIX: &str = "csi.storage.k8s.io/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("volume id {id:?} is not an nfs-csi volume id: {reason}")]
+    /// `id` is already quoted (see [`quote`]).
+    #[error("volume id {id} is not an nfs-csi volume id: {reason}")]
     InvalidId { id: String, reason: String },
     #[error("parameter {name:?}: {reason}")]
     InvalidParameter { name: String, reason: String },
+    /// The name is already quoted (see [`quote`]).
     #[error(
-        "unknown parameter {0:?}; known: server, share, mountedShare, subDir, mountPermissions, onDelete"
+        "unknown parameter {0}; known: server, share, mountedShare, subDir, mountPermissions, onDelete"
     )]
     UnknownParameter(String),
-    #[error("{what} {path:?} is not a safe relative path: {reason}")]
+    /// `path` is already quoted (see [`quote`]).
+    #[error("{what} {path} is not a safe path: {reason}")]
     UnsafePath {
         what: &'static str,
         path: String,
@@ -62,7 +86,7 @@ impl RelPath {
     fn parse_as(what: &'static str, s: &str) -> Result<RelPath> {
         let bad = |reason| Error::UnsafePath {
             what,
-            path: s.to_string(),
+            path: quote(s),
             reason,
         };
         if s.is_empty() {
@@ -192,7 +216,7 @@ pub(crate) fn parse_id(tag: &str, id: &str) -> std::result::Result<(ExportSpec, 
 impl VolumeId {
     pub fn parse(id: &str) -> Result<VolumeId> {
         let bad = |reason: String| Error::InvalidId {
-            id: id.to_string(),
+            id: quote(id),
             reason,
         };
         let (export, item) = parse_id(ID_VERSION, id).map_err(bad)?;
@@ -331,7 +355,7 @@ pub fn check_known(params: &HashMap<String, String>) -> Result<()> {
             "server" | "share" | "mountedShare" | "subDir" | "mountPermissions" | "onDelete"
         ) || key.starts_with(K8S_PREFIX);
         if !known {
-            return Err(Error::UnknownParameter(key.clone()));
+            return Err(Error::UnknownParameter(quote(key)));
         }
     }
     Ok(())
@@ -354,7 +378,10 @@ pub fn create_params(
         None => None,
         Some(s) => Some(parse_mode(s).ok_or_else(|| Error::InvalidParameter {
             name: "mountPermissions".into(),
-            reason: format!("{s:?} is not an octal mode between 0 and 7777 (e.g. \"0777\")"),
+            reason: format!(
+                "{} is not an octal mode between 0 and 7777 (e.g. \"0777\")",
+                quote(s)
+            ),
         })?),
     };
     let on_delete = match params.get("onDelete").map(String::as_str) {
@@ -364,7 +391,7 @@ pub fn create_params(
         Some(other) => {
             return Err(Error::InvalidParameter {
                 name: "onDelete".into(),
-                reason: format!("{other:?} is not one of delete, retain, archive"),
+                reason: format!("{} is not one of delete, retain, archive", quote(other)),
             });
         }
     };
@@ -393,7 +420,7 @@ pub fn render_template(template: &str, params: &HashMap<String, String>) -> Resu
         let after = &rest[start + 2..];
         let end = after.find('}').ok_or_else(|| Error::InvalidParameter {
             name: "subDir".into(),
-            reason: format!("unclosed ${{ in {template:?}"),
+            reason: format!("unclosed ${{ in {}", quote(template)),
         })?;
         let var = &after[..end];
         let key = match var {
@@ -404,8 +431,9 @@ pub fn render_template(template: &str, params: &HashMap<String, String>) -> Resu
                 return Err(Error::InvalidParameter {
                     name: "subDir".into(),
                     reason: format!(
-                        "unknown variable ${{{other}}}; use ${{pvc.metadata.name}}, \
-                         ${{pvc.metadata.namespace}} or ${{pv.metadata.name}}"
+                        "unknown variable ${{{}}}; use ${{pvc.metadata.name}}, \
+                         ${{pvc.metadata.namespace}} or ${{pv.metadata.name}}",
+                        quote(other)
                     ),
                 });
             }
@@ -460,27 +488,26 @@ fn yes() -> bool {
 pub fn absolute_path(what: &'static str, s: &str) -> Result<PathBuf> {
     let bad = |reason| Error::UnsafePath {
         what,
-        path: s.to_string(),
+        path: quote(s),
         reason,
     };
-    if !s.starts_with('/') {
+    let Some(rest) = s.strip_prefix('/') else {
         return Err(bad("it is not absolute"));
-    }
+    };
     if s.len() > MAX_PATH {
         return Err(bad("it is longer than 4096 bytes"));
     }
     if s.chars().any(|c| c == '\0' || c.is_control()) {
         return Err(bad("it contains NUL or a control character"));
     }
-    if s != "/" {
-        let inner = s.trim_end_matches('/');
-        for comp in inner[1..].split('/') {
+    if !rest.is_empty() {
+        if rest.ends_with('/') {
+            return Err(bad("it has a trailing /"));
+        }
+        for comp in rest.split('/') {
             if comp.is_empty() || comp == "." || comp == ".." {
                 return Err(bad("it has an empty, . or .. component"));
             }
-        }
-        if inner.len() != s.len() {
-            return Err(bad("it has a trailing /"));
         }
     }
     Ok(Path::new(s).to_path_buf())
@@ -657,8 +684,152 @@ mod tests {
     fn absolute_path_is_strict() {
         assert!(absolute_path("p", "/var/lib/kubelet").is_ok());
         assert!(absolute_path("p", "/").is_ok());
-        for bad in ["", "rel", "/a/../b", "/a//b", "/a/", "/a/./b", "/a\0"] {
+        for bad in [
+            "", "rel", "/a/../b", "/a//b", "/a/", "/a/./b", "/a\0", "//", "///", "//a", "/a//",
+        ] {
             assert!(absolute_path("p", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn double_slash_is_an_error_everywhere() {
+        assert!(ExportSpec::mounted("//").is_err());
+        assert!(ExportSpec::nfs("h", "//", &[]).is_err());
+        assert!(ExportSpec::parse_flag("//").is_err());
+        assert!(ExportSpec::parse_flag("h://").is_err());
+        assert!(VolumeId::parse("v1#mounted#//#x").is_err());
+        assert!(VolumeId::parse("v1#nfs#h#//##x").is_err());
+        assert!(crate::snapshot::SnapshotId::parse("s1#mounted#//#x").is_err());
+        let p = params(&[("mountedShare", "//")]);
+        assert!(create_params("v", &p, &[], None).is_err());
+    }
+
+    #[test]
+    fn quotes_are_short() {
+        assert_eq!(quote("ab"), "\"ab\"");
+        let long = "é".repeat(3 << 20);
+        let q = quote(&long);
+        assert!(q.len() < 600, "{}", q.len());
+        assert!(q.ends_with(&format!("…({} bytes)", long.len())), "{q}");
+        assert_eq!(short("ab"), "ab");
+        assert!(short(&long).len() < 600);
+        let err = RelPath::parse(&format!("/{}", "a".repeat(10_000))).unwrap_err();
+        assert!(err.to_string().len() < 400, "{}", err.to_string().len());
+    }
+
+    mod props {
+        use super::*;
+        use crate::snapshot::SnapshotId;
+        use proptest::prelude::*;
+
+        /// Strings dense in the characters the parsers care about.
+        fn edgy() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[/.a#%:,\\[\\]$\\{\\}x2F-]{0,16}",
+                any::<String>(),
+                "(/|//|\\.|\\.\\.|a|#|%2F|%)*",
+            ]
+        }
+
+        fn export() -> impl Strategy<Value = Option<ExportSpec>> {
+            prop_oneof![
+                edgy().prop_map(|r| ExportSpec::mounted(&r).ok()),
+                "/[a-z]{1,5}(/[a-z.]{1,5}){0,2}".prop_map(|r| ExportSpec::mounted(&r).ok()),
+                (
+                    edgy(),
+                    edgy(),
+                    proptest::collection::vec("[a-z=.0-9,]{0,6}", 0..3)
+                )
+                    .prop_map(|(h, s, o)| ExportSpec::nfs(&h, &s, &o).ok()),
+                (
+                    "[a-z0-9.:]{1,8}",
+                    "/[a-z ]{0,5}(/[a-z#%]{1,5}){0,2}",
+                    proptest::collection::vec("[a-z=.0-9]{1,6}", 0..3)
+                )
+                    .prop_map(|(h, s, o)| ExportSpec::nfs(&h, &s, &o).ok()),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn volume_ids_parse_canonically_or_fail(s in edgy()) {
+                if let Ok(id) = VolumeId::parse(&s) {
+                    prop_assert_eq!(id.to_string(), s);
+                }
+            }
+
+            #[test]
+            fn volume_ids_round_trip(e in export(), sub in edgy()) {
+                if let (Some(export), Ok(subdir)) = (e, RelPath::parse(&sub)) {
+                    let id = VolumeId { export, subdir };
+                    prop_assert_eq!(VolumeId::parse(&id.to_string()).unwrap(), id);
+                }
+            }
+
+            #[test]
+            fn snapshot_ids_parse_canonically_or_fail(s in edgy()) {
+                let s = format!("s1#mounted#{s}");
+                if let Ok(id) = SnapshotId::parse(&s) {
+                    prop_assert_eq!(id.to_string(), s);
+                }
+            }
+
+            #[test]
+            fn snapshot_ids_round_trip(e in export(), name in edgy()) {
+                // CreateSnapshot refuses an empty name before making an id.
+                if let (Some(export), false) = (e, name.is_empty()) {
+                    let id = SnapshotId::new(export, &name);
+                    prop_assert_eq!(SnapshotId::parse(&id.to_string()).unwrap(), id);
+                }
+            }
+
+            #[test]
+            fn absolute_paths_are_kept_or_refused(s in edgy()) {
+                if let Ok(p) = absolute_path("p", &s) {
+                    prop_assert_eq!(p.to_str(), Some(s.as_str()));
+                    prop_assert!(!s.contains("//") && !s.contains("/./") && !s.contains("/../"));
+                }
+            }
+
+            #[test]
+            fn relpaths_are_kept_or_refused(s in edgy()) {
+                if let Ok(r) = RelPath::parse(&s) {
+                    prop_assert_eq!(r.as_str(), s.as_str());
+                    prop_assert_eq!(RelPath::parse(r.as_str()).unwrap(), r.clone());
+                    prop_assert!(r.components().all(|c| c != ".." && c != "." && !c.is_empty()));
+                }
+            }
+
+            #[test]
+            fn export_flags_round_trip(s in edgy()) {
+                if let Ok(spec) = ExportSpec::parse_flag(&s) {
+                    let flag = match &spec {
+                        ExportSpec::Mounted { root } => root.display().to_string(),
+                        ExportSpec::Nfs { server, share, .. } if server.contains(':') => {
+                            format!("[{server}]:{share}")
+                        }
+                        ExportSpec::Nfs { server, share, .. } => format!("{server}:{share}"),
+                    };
+                    prop_assert_eq!(ExportSpec::parse_flag(&flag).unwrap(), spec);
+                }
+            }
+
+            #[test]
+            fn templates_render_or_fail(t in edgy(), v in edgy()) {
+                let p = params(&[(PARAM_PVC_NAME, &v), (PARAM_PVC_NAMESPACE, &v)]);
+                match render_template(&t, &p) {
+                    Ok(out) if !t.contains("${") => prop_assert_eq!(&out, &t),
+                    Ok(_) => {}
+                    Err(e) => prop_assert!(e.to_string().len() < 1000),
+                }
+                let filled = format!("{t}/${{pvc.metadata.name}}");
+                if !t.contains("${") {
+                    prop_assert_eq!(render_template(&filled, &p).unwrap(), format!("{t}/{v}"));
+                }
+                let _ = create_params("n", &params(&[("mountedShare", &t), ("subDir", &v)]), &[], None);
+            }
         }
     }
 }

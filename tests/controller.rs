@@ -799,3 +799,469 @@ async fn directories_the_driver_did_not_make_are_never_deleted_and_volumes_do_no
     assert!(err.message().contains("inside volume"), "{}", err.message());
     assert!(!Path::new(&root).join("outer/inner").exists());
 }
+
+fn code_of<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
+    match r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+#[tokio::test]
+async fn a_volume_may_not_contain_another_volume() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut c = d.controller().await;
+    let with_sub = |sub: &str, on_delete: &str| {
+        let mut kv = ms(&root);
+        kv.push(("subDir", sub.into()));
+        kv.push(("onDelete", on_delete.into()));
+        p(kv)
+    };
+    c.create_volume(create_req("a", 1, with_sub("team/a", "delete")))
+        .await
+        .unwrap();
+    std::fs::write(Path::new(&root).join("team/a/secret"), b"a's data").unwrap();
+    let before = snapshot_tree(Path::new(&root).join("team").as_path());
+    let err = c
+        .create_volume(create_req("b", 1, with_sub("team", "archive")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    for needle in ["\"team\"", "\"a\"", "\"team/a\"", "contains"] {
+        assert!(err.message().contains(needle), "{}", err.message());
+    }
+    assert_eq!(
+        snapshot_tree(Path::new(&root).join("team").as_path()),
+        before
+    );
+    // nor may the export's top directory be named through a deeper volume
+    let err = c
+        .create_volume(create_req("a2", 1, with_sub("team/a/deeper", "delete")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    // concurrent overlapping creates: never both
+    for round in 0..5 {
+        let (outer, inner) = (format!("o{round}"), format!("o{round}/i"));
+        let (mut c1, mut c2) = (d.controller().await, d.controller().await);
+        let r1 = create_req(&format!("outer-{round}"), 1, with_sub(&outer, "delete"));
+        let r2 = create_req(&format!("inner-{round}"), 1, with_sub(&inner, "delete"));
+        let (a, b) = tokio::join!(c1.create_volume(r1), c2.create_volume(r2));
+        assert!(
+            !(a.is_ok() && b.is_ok()),
+            "both {outer} and {inner} were created"
+        );
+    }
+    assert_eq!(
+        std::fs::read(Path::new(&root).join("team/a/secret")).unwrap(),
+        b"a's data"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_creates_on_new_roots_survive_a_restart() {
+    let t = tempfile::tempdir().unwrap();
+    let mut d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut tasks = Vec::new();
+    let mut roots = Vec::new();
+    for i in 0..40 {
+        let root = share(t.path(), &format!("root-{i}"));
+        roots.push(root.clone());
+        let mut c = d.controller().await;
+        let req = create_req(&format!("pvc-{i}"), 1, p(ms(&root)));
+        tasks.push(tokio::spawn(async move { c.create_volume(req).await }));
+    }
+    let mut ids = HashSet::new();
+    for task in tasks {
+        ids.insert(
+            task.await
+                .unwrap()
+                .unwrap()
+                .into_inner()
+                .volume
+                .unwrap()
+                .volume_id,
+        );
+    }
+    d.restart().await;
+    let listed: HashSet<String> = d
+        .controller()
+        .await
+        .list_volumes(csi::ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|e| e.volume.unwrap().volume_id)
+        .collect();
+    assert_eq!(listed.len(), 40, "{listed:?}");
+    assert_eq!(listed, ids);
+}
+
+#[tokio::test]
+async fn a_double_slash_anywhere_is_refused_without_panic() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    let d = Driver::start(t.path(), &["--mode", "all"]).await;
+    let mut c = d.controller().await;
+    let mut n = d.node().await;
+    let ok_or = |allowed: &[Code], got: Code, what: &str| {
+        assert!(allowed.contains(&got), "{what}: {got:?}");
+    };
+    let bad_vol = "v1#mounted#//#x".to_string();
+    let bad_snap = "s1#mounted#//#x".to_string();
+    for (k, v) in [("mountedShare", "//"), ("share", "//")] {
+        let mut kv = vec![(k, v.to_string())];
+        if k == "share" {
+            kv.push(("server", "nfs.example".into()));
+        }
+        let got = code_of(c.create_volume(create_req("v", 1, p(kv.clone()))).await);
+        ok_or(&[Code::InvalidArgument], got, "CreateVolume");
+        let got = code_of(
+            c.get_capacity(csi::GetCapacityRequest {
+                parameters: p(kv.clone()),
+                ..Default::default()
+            })
+            .await,
+        );
+        ok_or(&[Code::InvalidArgument], got, "GetCapacity");
+        let got = code_of(
+            c.create_snapshot(csi::CreateSnapshotRequest {
+                name: "s".into(),
+                source_volume_id: format!("v1#mounted#{root}#x"),
+                parameters: p(kv),
+                ..Default::default()
+            })
+            .await,
+        );
+        ok_or(&[Code::InvalidArgument], got, "CreateSnapshot parameters");
+    }
+    let mut subdir = ms(&root);
+    subdir.push(("subDir", "//".into()));
+    let got = code_of(c.create_volume(create_req("v", 1, p(subdir))).await);
+    ok_or(&[Code::InvalidArgument], got, "CreateVolume subDir");
+    // DeleteVolume of an id the driver cannot have issued: nothing to delete.
+    let got = code_of(
+        c.delete_volume(csi::DeleteVolumeRequest {
+            volume_id: bad_vol.clone(),
+            ..Default::default()
+        })
+        .await,
+    );
+    ok_or(&[Code::Ok], got, "DeleteVolume");
+    let got = code_of(
+        c.controller_get_volume(csi::ControllerGetVolumeRequest {
+            volume_id: bad_vol.clone(),
+        })
+        .await,
+    );
+    ok_or(&[Code::NotFound], got, "ControllerGetVolume");
+    let got = code_of(
+        c.validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: bad_vol.clone(),
+            volume_capabilities: vec![rwx()],
+            ..Default::default()
+        })
+        .await,
+    );
+    ok_or(&[Code::NotFound], got, "ValidateVolumeCapabilities");
+    let got = code_of(
+        c.controller_expand_volume(csi::ControllerExpandVolumeRequest {
+            volume_id: bad_vol.clone(),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 1,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await,
+    );
+    ok_or(&[Code::NotFound], got, "ControllerExpandVolume");
+    let got = code_of(
+        c.create_snapshot(csi::CreateSnapshotRequest {
+            name: "s".into(),
+            source_volume_id: bad_vol.clone(),
+            ..Default::default()
+        })
+        .await,
+    );
+    ok_or(&[Code::NotFound], got, "CreateSnapshot");
+    let got = code_of(
+        c.delete_snapshot(csi::DeleteSnapshotRequest {
+            snapshot_id: bad_snap.clone(),
+            ..Default::default()
+        })
+        .await,
+    );
+    ok_or(&[Code::Ok], got, "DeleteSnapshot");
+    let got = code_of(
+        c.list_snapshots(csi::ListSnapshotsRequest {
+            snapshot_id: bad_snap.clone(),
+            ..Default::default()
+        })
+        .await,
+    );
+    ok_or(&[Code::Ok], got, "ListSnapshots");
+    let mut restore = create_req("r", 1, p(ms(&root)));
+    restore.volume_content_source = Some(csi::VolumeContentSource {
+        r#type: Some(csi::volume_content_source::Type::Snapshot(
+            csi::volume_content_source::SnapshotSource {
+                snapshot_id: bad_snap.clone(),
+            },
+        )),
+    });
+    let got = code_of(c.create_volume(restore).await);
+    ok_or(&[Code::NotFound], got, "CreateVolume from snapshot");
+    let mut clone = create_req("r", 1, p(ms(&root)));
+    clone.volume_content_source = Some(csi::VolumeContentSource {
+        r#type: Some(csi::volume_content_source::Type::Volume(
+            csi::volume_content_source::VolumeSource {
+                volume_id: bad_vol.clone(),
+            },
+        )),
+    });
+    let got = code_of(c.create_volume(clone).await);
+    ok_or(&[Code::NotFound], got, "CreateVolume from volume");
+    let staging = t.path().join("staging").display().to_string();
+    let target = t.path().join("target").display().to_string();
+    for (vol, stage_path, target_path) in [
+        (bad_vol.as_str(), staging.as_str(), target.as_str()),
+        ("v1#mounted#/srv#x", "//", "//"),
+    ] {
+        let got = code_of(
+            n.node_stage_volume(csi::NodeStageVolumeRequest {
+                volume_id: vol.into(),
+                staging_target_path: stage_path.into(),
+                volume_capability: Some(rwx()),
+                ..Default::default()
+            })
+            .await,
+        );
+        ok_or(
+            &[Code::InvalidArgument, Code::NotFound],
+            got,
+            "NodeStageVolume",
+        );
+        let got = code_of(
+            n.node_publish_volume(csi::NodePublishVolumeRequest {
+                volume_id: vol.into(),
+                staging_target_path: stage_path.into(),
+                target_path: target_path.into(),
+                volume_capability: Some(rwx()),
+                ..Default::default()
+            })
+            .await,
+        );
+        ok_or(
+            &[
+                Code::InvalidArgument,
+                Code::NotFound,
+                Code::FailedPrecondition,
+            ],
+            got,
+            "NodePublishVolume",
+        );
+        let got = code_of(
+            n.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+                volume_id: vol.into(),
+                target_path: target_path.into(),
+            })
+            .await,
+        );
+        ok_or(
+            &[Code::Ok, Code::InvalidArgument, Code::NotFound],
+            got,
+            "NodeUnpublishVolume",
+        );
+        let got = code_of(
+            n.node_unstage_volume(csi::NodeUnstageVolumeRequest {
+                volume_id: vol.into(),
+                staging_target_path: stage_path.into(),
+            })
+            .await,
+        );
+        ok_or(
+            &[Code::Ok, Code::InvalidArgument, Code::NotFound],
+            got,
+            "NodeUnstageVolume",
+        );
+        let got = code_of(
+            n.node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                volume_id: vol.into(),
+                volume_path: target_path.into(),
+                ..Default::default()
+            })
+            .await,
+        );
+        ok_or(
+            &[Code::InvalidArgument, Code::NotFound],
+            got,
+            "NodeGetVolumeStats",
+        );
+    }
+    d.identity()
+        .await
+        .probe(csi::ProbeRequest {})
+        .await
+        .unwrap();
+    assert!(!d.log_text().contains("panicked"), "{}", d.log_text());
+    // a bad --export is a clean start-up error, not an abort
+    for flag in ["//", "h://", "/proc/self/root", "/etc"] {
+        let out = std::process::Command::new(driver_bin())
+            .args(["serve", "--node-id", "n", "--endpoint"])
+            .arg(format!("unix://{}", t.path().join("x.sock").display()))
+            .arg("--work-dir")
+            .arg(t.path().join("w2"))
+            .args(["--export", flag])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag}: {stderr}");
+        assert!(
+            stderr.contains("--export") && !stderr.contains("panicked"),
+            "{flag}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn huge_inputs_get_short_messages() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut c = d.controller().await;
+    for len in [10_000, 3 << 20] {
+        let mut kv = ms(&root);
+        kv.push(("subDir", "a".repeat(len)));
+        let err = c
+            .create_volume(create_req("big", 1, p(kv)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{len}");
+        assert!(
+            err.message().len() <= 1024 && err.message().contains(&format!("({len} bytes)")),
+            "{len}: {} bytes: {}",
+            err.message().len(),
+            &err.message()[..err.message().len().min(300)]
+        );
+        let err = c
+            .controller_get_volume(csi::ControllerGetVolumeRequest {
+                volume_id: format!("v1#mounted#{root}#{}", "b".repeat(len)),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{len}");
+        assert!(err.message().len() <= 1024, "{len}");
+    }
+    let log = std::fs::metadata(t.path().join("driver.log"))
+        .unwrap()
+        .len();
+    assert!(log < 200_000, "log grew to {log} bytes");
+}
+
+#[tokio::test]
+async fn get_capacity_without_parameters() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let none = d
+        .controller()
+        .await
+        .get_capacity(csi::GetCapacityRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(none.available_capacity, 0);
+    drop(d);
+    let t2 = tempfile::tempdir().unwrap();
+    let d = Driver::start(t2.path(), &["--mode", "controller", "--export", &root]).await;
+    let dflt = d
+        .controller()
+        .await
+        .get_capacity(csi::GetCapacityRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(dflt.available_capacity > 0, "{dflt:?}");
+}
+
+#[tokio::test]
+async fn system_symlinked_and_unlisted_share_roots_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let allowed = share(t.path(), "allowed");
+    let real = share(t.path(), "allowed/real");
+    let other = share(t.path(), "other");
+    symlink(&real, Path::new(&allowed).join("link")).unwrap();
+    let d = Driver::start(
+        t.path(),
+        &["--mode", "all", "--allowed-share-root", &allowed],
+    )
+    .await;
+    let mut c = d.controller().await;
+    let host_meta_before = Path::new("/.nfs-csi").exists();
+    let etc_before = snapshot_tree(Path::new("/etc/ssl"));
+    for root in [
+        "/proc/self/root",
+        "/etc",
+        "/",
+        "/var/lib/kubelet",
+        "/usr/share",
+        &other,
+    ] {
+        let mut kv = ms(root);
+        kv.push(("subDir", "ssl".into()));
+        let err = c
+            .create_volume(create_req("v", 1, p(kv)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{root}: {}",
+            err.message()
+        );
+        assert!(err.message().contains("mountedShare"), "{}", err.message());
+    }
+    assert_eq!(Path::new("/.nfs-csi").exists(), host_meta_before);
+    assert_eq!(snapshot_tree(Path::new("/etc/ssl")), etc_before);
+    // a root reached through a symlink is refused, and nothing is made
+    let linked = format!("{allowed}/link");
+    let err = c
+        .create_volume(create_req("v", 1, p(ms(&linked))))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(snapshot_tree(Path::new(&real)).is_empty());
+    // the node refuses such a volume id too
+    let staging = t.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    for id in [
+        "v1#mounted#/proc/self/root#root".to_string(),
+        format!("v1#mounted#{linked}#x"),
+    ] {
+        let got = code_of(
+            d.node()
+                .await
+                .node_stage_volume(csi::NodeStageVolumeRequest {
+                    volume_id: id.clone(),
+                    staging_target_path: staging.display().to_string(),
+                    volume_capability: Some(rwx()),
+                    ..Default::default()
+                })
+                .await,
+        );
+        assert!(
+            matches!(got, Code::NotFound | Code::FailedPrecondition),
+            "{id}: {got:?}"
+        );
+        assert!(mounts_under(&staging).is_empty(), "{id}");
+    }
+    // below an allowed root: fine
+    c.create_volume(create_req("v", 1, p(ms(&real))))
+        .await
+        .unwrap();
+    assert!(Path::new(&real).join("v").is_dir());
+}

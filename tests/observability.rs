@@ -236,3 +236,74 @@ async fn secrets_never_reach_the_logs() {
         }
     }
 }
+
+#[tokio::test]
+async fn in_flight_gauge_returns_to_zero_after_cancelled_calls() {
+    let t = tempfile::tempdir().unwrap();
+    let share = t.path().join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = Driver::start(
+        t.path(),
+        &["--mode", "controller", "--metrics-address", &addr],
+    )
+    .await;
+    let mut c = d.controller().await;
+    let p = params(&[("mountedShare", &share.display().to_string())]);
+    let src = c
+        .create_volume(create_req("src", 1, p.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    // Enough files that cloning them takes far longer than the deadline.
+    for i in 0..40 {
+        let dir = share.join("src").join(format!("d{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for j in 0..100 {
+            std::fs::write(dir.join(format!("f{j}")), [i as u8; 64]).unwrap();
+        }
+    }
+    let gauge = "nfs_csi_csi_calls_in_flight{method=\"CreateVolume\"}";
+    for n in 0..3 {
+        let mut clone = create_req(&format!("clone-{n}"), 0, p.clone());
+        clone.volume_content_source = Some(csi::VolumeContentSource {
+            r#type: Some(csi::volume_content_source::Type::Volume(
+                csi::volume_content_source::VolumeSource {
+                    volume_id: src.volume_id.clone(),
+                },
+            )),
+        });
+        // The client gives up and drops the call (the server sees a reset
+        // stream); once with a gRPC deadline as well.
+        let mut req = tonic::Request::new(clone);
+        if n == 0 {
+            req.set_timeout(std::time::Duration::from_millis(5));
+        }
+        let mut c2 = d.controller().await;
+        let res =
+            tokio::time::timeout(std::time::Duration::from_millis(5), c2.create_volume(req)).await;
+        assert!(
+            res.is_err() || res.is_ok_and(|r| r.is_err()),
+            "the clone was quick"
+        );
+    }
+    // The clones go on as jobs; the calls are gone.
+    let start = std::time::Instant::now();
+    loop {
+        let text = scrape(port);
+        if value(&text, gauge) == 0.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "calls still counted in flight:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // and a call made now is counted, then not
+    c.create_volume(create_req("after", 1, p)).await.unwrap();
+    assert_eq!(value(&scrape(port), gauge), 0.0);
+}
