@@ -76,6 +76,8 @@ pub enum Error {
         "--allow-inline needs at least one --inline-server: inline volumes may only reach servers the admin allows"
     )]
     InlineServers,
+    #[error("--nfs-mount-options: {0}")]
+    MountOption(#[from] crate::mountopts::Error),
 }
 
 impl Config {
@@ -96,6 +98,7 @@ impl Config {
         if self.allow_inline && self.inline_servers.is_empty() {
             return Err(Error::InlineServers);
         }
+        crate::mountopts::check_all(&crate::mountopts::split(&self.nfs_default_options))?;
         Ok(())
     }
 }

@@ -86,6 +86,29 @@ fn refused_root(root: &Path, allowed: &[PathBuf]) -> Option<String> {
     None
 }
 
+/// A host name (RFC 1123 labels, so an IPv4 address too) or an IPv6
+/// address, bare or in brackets: never anything mount.nfs could read as a
+/// local path or an option.
+fn valid_server(server: &str) -> bool {
+    if server.contains(':') {
+        let bare = server
+            .strip_prefix('[')
+            .and_then(|s| s.strip_suffix(']'))
+            .unwrap_or(server);
+        return bare.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    server.len() <= 253
+        && server.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 /// Where volumes are carved from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -106,30 +129,18 @@ impl ExportSpec {
             name: name.to_string(),
             reason,
         };
-        let host_ok = !server.is_empty()
-            && server.len() <= 253
-            && !server.starts_with('-')
-            && server
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
-        if !host_ok {
+        if !valid_server(server) {
             return Err(bad(
                 "server",
-                format!("{} is not a host name or IP address", quote(server)),
+                format!(
+                    "{} is not a host name, an IPv4 address or an IPv6 address",
+                    quote(server)
+                ),
             ));
         }
         let share = absolute_path("share", share)?;
         for o in options {
-            let ok = !o.is_empty()
-                && !o.starts_with('-')
-                && o.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"=._-:/+@".contains(&b));
-            if !ok {
-                return Err(bad(
-                    "mountOptions",
-                    format!("{} is not a valid NFS mount option", quote(o)),
-                ));
-            }
+            crate::mountopts::check(o).map_err(|e| bad("mountOptions", e.to_string()))?;
         }
         Ok(ExportSpec::Nfs {
             server: server.to_string(),
@@ -576,6 +587,31 @@ mod tests {
             assert!(ExportSpec::parse_flag(bad).is_err(), "{bad:?}");
         }
         assert!(ExportSpec::nfs("h", "/e", &["vers=4.1".into(), "-o".into()]).is_err());
+    }
+
+    #[test]
+    fn servers_are_host_names_or_ip_addresses() {
+        for good in [
+            "nfs.example.com",
+            "10.0.0.1",
+            "fd00::1",
+            "[fd00::1]",
+            "a-b.c",
+            "localhost",
+        ] {
+            ExportSpec::nfs(good, "/e", &[]).unwrap();
+        }
+        for bad in [
+            "", ".", "a..b", "-h", "h-", "a:b", "[a]", "[fd00::1", "fd00::1]", "./x", "h/x", "h x",
+            "h,o",
+        ] {
+            assert!(ExportSpec::nfs(bad, "/e", &[]).is_err(), "{bad:?}");
+        }
+        // options that change what is mounted are refused for exports too
+        for o in ["bind", "remount", "X-mount.mkdir"] {
+            let err = ExportSpec::nfs("h", "/e", &[o.to_string()]).unwrap_err();
+            assert!(err.to_string().contains("changes what is mounted"), "{err}");
+        }
     }
 
     #[tokio::test]
