@@ -15,7 +15,7 @@ const MAX_OPTION: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("mount option {0:?} is not a valid NFS mount option")]
+    #[error("mount option {0} is not a valid NFS mount option")]
     Malformed(String),
     #[error(
         "mount option {0:?} changes what is mounted, not how the NFS export is mounted; it is never allowed"
@@ -124,14 +124,6 @@ const NUMERIC: &[&str] = &[
     "minorversion",
 ];
 
-/// At most 64 characters of a rejected option, for messages.
-fn brief(s: &str) -> String {
-    match s.char_indices().nth(64) {
-        Some((i, _)) => format!("{}...({} bytes)", &s[..i], s.len()),
-        None => s.to_string(),
-    }
-}
-
 fn name_of(option: &str) -> &str {
     option.split_once('=').map_or(option, |(n, _)| n)
 }
@@ -159,7 +151,7 @@ pub fn check(option: &str) -> Result<(), Error> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"=._-:/+@".contains(&b));
     if !well_formed {
-        return Err(Error::Malformed(brief(option)));
+        return Err(Error::Malformed(crate::volume::quote(option)));
     }
     let name = name_of(option).to_ascii_lowercase();
     if FORBIDDEN.contains(&name.as_str()) || FORBIDDEN_PREFIXES.iter().any(|p| name.starts_with(p))

@@ -559,7 +559,7 @@ impl NodeService {
         }
         // A path that is not a clean absolute one names nothing there is.
         let no_volume = || Error::NoVolumeAt {
-            path: brief(&req.volume_path),
+            path: crate::volume::quote(&req.volume_path),
         };
         let path = absolute_path("volume_path", &req.volume_path).map_err(|_| no_volume())?;
         hostpath::check_below(&self.base(), &path)?;
@@ -735,14 +735,6 @@ fn is_single_writer(cap: Option<&VolumeCapability>) -> bool {
     })
 }
 
-/// At most 200 characters of an input, for messages.
-fn brief(s: &str) -> String {
-    match s.char_indices().nth(200) {
-        Some((i, _)) => format!("{}...({} bytes)", &s[..i], s.len()),
-        None => s.to_string(),
-    }
-}
-
 fn rw(ro: bool) -> &'static str {
     if ro { "read-only" } else { "read-write" }
 }
@@ -777,7 +769,7 @@ fn node_capability(t: node_service_capability::rpc::Type) -> NodeServiceCapabili
 
 #[tonic::async_trait]
 impl Node for NodeService {
-    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume_id = %crate::volume::short(&request.get_ref().volume_id)))]
     async fn node_stage_volume(
         &self,
         request: Request<csi::NodeStageVolumeRequest>,
@@ -785,7 +777,7 @@ impl Node for NodeService {
         respond(self.stage(request.into_inner())).await
     }
 
-    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume_id = %crate::volume::short(&request.get_ref().volume_id)))]
     async fn node_unstage_volume(
         &self,
         request: Request<csi::NodeUnstageVolumeRequest>,
@@ -793,7 +785,7 @@ impl Node for NodeService {
         respond(self.unstage(request.into_inner())).await
     }
 
-    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume_id = %crate::volume::short(&request.get_ref().volume_id)))]
     async fn node_publish_volume(
         &self,
         request: Request<csi::NodePublishVolumeRequest>,
@@ -801,7 +793,7 @@ impl Node for NodeService {
         respond(self.publish(request.into_inner())).await
     }
 
-    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume_id = %crate::volume::short(&request.get_ref().volume_id)))]
     async fn node_unpublish_volume(
         &self,
         request: Request<csi::NodeUnpublishVolumeRequest>,
@@ -809,7 +801,7 @@ impl Node for NodeService {
         respond(self.unpublish(request.into_inner())).await
     }
 
-    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    #[instrument(skip_all, fields(volume_id = %crate::volume::short(&request.get_ref().volume_id)))]
     async fn node_get_volume_stats(
         &self,
         request: Request<csi::NodeGetVolumeStatsRequest>,
