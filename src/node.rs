@@ -252,19 +252,7 @@ impl NodeService {
     async fn teardown(&self, path: &Path) -> Result<()> {
         let base = self.base();
         for _ in 0..8 {
-            let (m, b, p) = (self.mounter.clone(), base.clone(), path.to_path_buf());
-            let entry = offload::run("find mount", self.config.fs_timeout, move || {
-                let Some(hp) = HostPath::resolve(&b, &p, false)? else {
-                    return Ok(None);
-                };
-                let Some(dir) = hp.dir()? else {
-                    return Ok(None);
-                };
-                let table = m.mounts()?;
-                Ok::<_, DriverError>(mounted_at(m.as_ref(), &table, &hp, &dir)?.cloned())
-            })
-            .await??;
-            let Some(entry) = entry else {
+            let Some(Some(entry)) = self.find_mount(path).await? else {
                 break;
             };
             let alive = !entry.is_nfs() || self.statvfs(path).await.is_ok();
@@ -292,6 +280,23 @@ impl NodeService {
                 }) => Err(Error::NotEmpty { path: p }.into()),
                 other => Ok::<_, DriverError>(other?),
             }
+        })
+        .await?
+    }
+
+    /// What is at `path`: nothing (`None`), or a directory and the mount
+    /// exactly on it, if any. A symlink or a file there is an error.
+    async fn find_mount(&self, path: &Path) -> Result<Option<Option<MountEntry>>> {
+        let (m, base, p) = (self.mounter.clone(), self.base(), path.to_path_buf());
+        offload::run("find mount", self.config.fs_timeout, move || {
+            let Some(hp) = HostPath::resolve(&base, &p, false)? else {
+                return Ok(None);
+            };
+            let Some(dir) = hp.dir()? else {
+                return Ok(None);
+            };
+            let table = m.mounts()?;
+            Ok(Some(mounted_at(m.as_ref(), &table, &hp, &dir)?.cloned()))
         })
         .await?
     }
@@ -563,22 +568,10 @@ impl NodeService {
         };
         let path = absolute_path("volume_path", &req.volume_path).map_err(|_| no_volume())?;
         hostpath::check_below(&self.base(), &path)?;
-        let (m, base, p) = (self.mounter.clone(), self.base(), path.clone());
-        let mounted = offload::run("find mount", self.config.fs_timeout, move || {
-            let Some(hp) = HostPath::resolve(&base, &p, false)? else {
-                return Ok(None);
-            };
-            let Some(dir) = hp.dir()? else {
-                return Ok(None);
-            };
-            let table = m.mounts()?;
-            Ok::<_, DriverError>(Some(mounted_at(m.as_ref(), &table, &hp, &dir)?.is_some()))
-        })
-        .await??;
-        match mounted {
+        match self.find_mount(&path).await? {
             None => return Err(no_volume().into()),
-            Some(false) => return Err(Error::NotMounted { path }.into()),
-            Some(true) => {}
+            Some(None) => return Err(Error::NotMounted { path }.into()),
+            Some(Some(_)) => {}
         }
         let secs = self.config.stats_timeout.as_secs().max(1);
         let (usage, condition) = match self.statvfs(&path).await {
