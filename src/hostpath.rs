@@ -209,24 +209,27 @@ impl HostPath {
         }
     }
 
-    /// The last component as a directory, created (mode 0750) if missing.
-    pub fn dir_or_create(&self) -> Result<HostDir> {
+    /// The last component as a directory, created (mode 0750) if missing,
+    /// and whether this call created it.
+    pub fn dir_or_create(&self) -> Result<(HostDir, bool)> {
         if let Some(d) = self.dir()? {
-            return Ok(d);
+            return Ok((d, false));
         }
-        match mkdirat(
+        let created = match mkdirat(
             self.parent.fd(),
             self.name.as_os_str(),
             Mode::from_bits_truncate(DIR_MODE),
         ) {
-            Ok(()) | Err(Errno::EEXIST) => {}
+            Ok(()) => true,
+            Err(Errno::EEXIST) => false,
             Err(e) => return Err(io("mkdir", &self.path)(e)),
-        }
-        self.dir()?.ok_or_else(|| Error::Io {
+        };
+        let dir = self.dir()?.ok_or_else(|| Error::Io {
             op: "open",
             path: self.path.clone(),
             source: Errno::ENOENT,
-        })
+        })?;
+        Ok((dir, created))
     }
 
     /// Removes the last component if it is an empty directory (through the
@@ -287,7 +290,9 @@ mod tests {
         assert!(HostPath::resolve(&base, &p, false).unwrap().is_none());
         let hp = HostPath::resolve(&base, &p, true).unwrap().unwrap();
         assert!(matches!(hp.leaf().unwrap(), Leaf::Missing));
-        let d = hp.dir_or_create().unwrap();
+        let (d, created) = hp.dir_or_create().unwrap();
+        assert!(created);
+        assert!(!hp.dir_or_create().unwrap().1);
         assert_eq!(d.path(), p);
         assert!(p.is_dir());
         // a symlinked parent

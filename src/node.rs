@@ -210,34 +210,35 @@ impl NodeService {
             self.op_timeout(),
             move || -> Result<Outcome> {
                 let hp = resolve(&base, &path, true)?;
-                let dir = hp.dir_or_create()?;
-                let table = m.mounts()?;
-                if let Some(existing) = mounted_at(m.as_ref(), &table, &hp, &dir)? {
-                    return Ok(if same_source(&table, existing, &source) {
-                        Outcome::Already
-                    } else {
-                        Outcome::Conflict(format!(
-                            "{} is mounted there, not this volume",
-                            existing.source
-                        ))
-                    });
-                }
-                match &source {
-                    Source::Nfs { source, options } => {
-                        m.attach_nfs(source, options, (&dir).into())?
+                with_dir(&hp, |dir| {
+                    let table = m.mounts()?;
+                    if let Some(existing) = mounted_at(m.as_ref(), &table, &hp, dir)? {
+                        return Ok(if same_source(&table, existing, &source) {
+                            Outcome::Already
+                        } else {
+                            Outcome::Conflict(format!(
+                                "{} is mounted there, not this volume",
+                                existing.source
+                            ))
+                        });
                     }
-                    Source::Dir { root, subdir } => {
-                        let share = DirFd::open_root(root)?.walk(subdir)?.ok_or_else(|| {
-                            safefs::Error::Io {
-                                op: "open",
-                                path: root.join(subdir.as_str()),
-                                source: Errno::ENOENT,
-                            }
-                        })?;
-                        m.attach_bind((&share).into(), (&dir).into(), false)?;
+                    match &source {
+                        Source::Nfs { source, options } => {
+                            m.attach_nfs(source, options, dir.into())?
+                        }
+                        Source::Dir { root, subdir } => {
+                            let share = DirFd::open_root(root)?.walk(subdir)?.ok_or_else(|| {
+                                safefs::Error::Io {
+                                    op: "open",
+                                    path: root.join(subdir.as_str()),
+                                    source: Errno::ENOENT,
+                                }
+                            })?;
+                            m.attach_bind((&share).into(), dir.into(), false)?;
+                        }
                     }
-                }
-                Ok(Outcome::Done)
+                    Ok(Outcome::Done)
+                })
             },
         )
         .await??;
@@ -369,37 +370,35 @@ impl NodeService {
                     .into());
                 }
                 let thp = resolve(&base, &tgt, true)?;
-                let tdir = thp.dir_or_create()?;
-                if let Some(existing) = mounted_at(m.as_ref(), &table, &thp, &tdir)? {
-                    let same = existing.dev == stage.dev && existing.root == stage.root;
-                    if same && existing.read_only() == ro {
-                        return Ok(Outcome::Already);
+                with_dir(&thp, |tdir| {
+                    if let Some(existing) = mounted_at(m.as_ref(), &table, &thp, tdir)? {
+                        let same = same_mount(existing, stage);
+                        if same && existing.read_only() == ro {
+                            return Ok(Outcome::Already);
+                        }
+                        return Ok(Outcome::Conflict(if same {
+                            format!(
+                                "this volume is published there {}, the request asks {}",
+                                rw(existing.read_only()),
+                                rw(ro)
+                            )
+                        } else {
+                            format!("{} is mounted there, not this volume", existing.source)
+                        }));
                     }
-                    return Ok(Outcome::Conflict(if same {
-                        format!(
-                            "this volume is published there {}, the request asks {}",
-                            rw(existing.read_only()),
-                            rw(ro)
-                        )
-                    } else {
-                        format!("{} is mounted there, not this volume", existing.source)
-                    }));
-                }
-                if single_writer
-                    && let Some(other) = table.iter().find(|e| {
-                        e.dev == stage.dev
-                            && e.root == stage.root
-                            && e.mount_point != stg
-                            && e.mount_point != tgt
-                    })
-                {
-                    return Err(Error::SingleWriter {
-                        other: other.mount_point.clone(),
+                    if single_writer
+                        && let Some(other) = table.iter().find(|e| {
+                            same_mount(e, stage) && e.mount_point != stg && e.mount_point != tgt
+                        })
+                    {
+                        return Err(Error::SingleWriter {
+                            other: other.mount_point.clone(),
+                        }
+                        .into());
                     }
-                    .into());
-                }
-                m.attach_bind((&sdir).into(), (&tdir).into(), ro)?;
-                Ok(Outcome::Done)
+                    m.attach_bind((&sdir).into(), tdir.into(), ro)?;
+                    Ok(Outcome::Done)
+                })
             },
         )
         .await??;
@@ -460,22 +459,23 @@ impl NodeService {
             self.op_timeout(),
             move || -> Result<Outcome> {
                 let hp = resolve(&base, &tgt, true)?;
-                let dir = hp.dir_or_create()?;
-                let table = m.mounts()?;
-                if let Some(existing) = mounted_at(m.as_ref(), &table, &hp, &dir)? {
-                    return Ok(
-                        if existing.is_nfs()
-                            && existing.source == source
-                            && existing.read_only() == ro
-                        {
-                            Outcome::Already
-                        } else {
-                            Outcome::Conflict(format!("{} is mounted there", existing.source))
-                        },
-                    );
-                }
-                m.attach_nfs(&source, &options, (&dir).into())?;
-                Ok(Outcome::Done)
+                with_dir(&hp, |dir| {
+                    let table = m.mounts()?;
+                    if let Some(existing) = mounted_at(m.as_ref(), &table, &hp, dir)? {
+                        return Ok(
+                            if existing.is_nfs()
+                                && existing.source == source
+                                && existing.read_only() == ro
+                            {
+                                Outcome::Already
+                            } else {
+                                Outcome::Conflict(format!("{} is mounted there", existing.source))
+                            },
+                        );
+                    }
+                    m.attach_nfs(&source, &options, dir.into())?;
+                    Ok(Outcome::Done)
+                })
             },
         )
         .await??;
@@ -699,6 +699,26 @@ fn mounted_at<'t>(
         }
         .into()),
     }
+}
+
+/// Runs `work` on the directory at `hp`, created if missing; a directory
+/// this call created is removed again when `work` fails, so a refused or
+/// failed mount leaves nothing behind.
+fn with_dir<T>(hp: &HostPath, work: impl FnOnce(&hostpath::HostDir) -> Result<T>) -> Result<T> {
+    let (dir, created) = hp.dir_or_create()?;
+    let out = work(&dir);
+    drop(dir);
+    if out.is_err() && created {
+        let _ = hp.remove_dir();
+    }
+    out
+}
+
+/// Whether two mounts show the same directory: the same filesystem, root
+/// and source (all mounts of one NFS export may share a device and a root
+/// of `/`; their sources tell them apart).
+fn same_mount(a: &MountEntry, b: &MountEntry) -> bool {
+    a.dev == b.dev && a.root == b.root && a.source == b.source
 }
 
 /// Whether the mount `entry` is the stage mount `source` asks for.

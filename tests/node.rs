@@ -753,6 +753,7 @@ async fn read_write_once_pod_is_published_once_per_node() {
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
     assert_eq!(count_mounts(&t2), 0);
+    assert!(!t2.exists(), "a refused publish leaves its target behind");
     assert_eq!(count_mounts(&t1), 1);
     // once unpublished at t1, t2 may have it
     n.node_unpublish_volume(unpublish_req(&h.a, &t1))
