@@ -77,7 +77,7 @@ pub enum Error {
     )]
     InlineServers,
     #[error("--nfs-mount-options: {0}")]
-    MountOption(#[from] crate::mountopts::Error),
+    MountOption(#[from] crate::sys::mountopts::Error),
 }
 
 impl Config {
@@ -98,7 +98,7 @@ impl Config {
         if self.allow_inline && self.inline_servers.is_empty() {
             return Err(Error::InlineServers);
         }
-        crate::mountopts::check_all(&crate::mountopts::split(&self.nfs_default_options))?;
+        crate::sys::mountopts::check_all(&crate::sys::mountopts::split(&self.nfs_default_options))?;
         Ok(())
     }
 }

@@ -23,11 +23,11 @@ use crate::csi::v1::{
 };
 use crate::error::respond;
 use crate::export::{ExportSpec, Exports};
-use crate::inflight::InFlight;
-use crate::jobs::Jobs;
-use crate::offload;
-use crate::safefs::{self, DirFd};
 use crate::snapshot::{self, SnapshotId, State, Store};
+use crate::sys::inflight::InFlight;
+use crate::sys::jobs::Jobs;
+use crate::sys::offload;
+use crate::sys::safefs::{self, DirFd};
 use crate::tree;
 use crate::volume::{self, OnDelete, RESERVED_DIR, RelPath, VolumeId, VolumeRecord, quote};
 

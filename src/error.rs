@@ -4,10 +4,8 @@
 use nix::errno::Errno;
 use tonic::{Code, Status};
 
-use crate::{
-    command, controller, export, hostpath, inflight, mount, mountopts, node, offload, safefs,
-    snapshot, tree, volume,
-};
+use crate::sys::{command, hostpath, inflight, mount, mountopts, offload, safefs};
+use crate::{controller, export, node, snapshot, tree, volume};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -22,9 +22,9 @@ use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::mount::{self, Mounter};
-use crate::offload::{self, Probes};
-use crate::safefs::{self, FsStats};
+use crate::sys::mount::{self, Mounter};
+use crate::sys::offload::{self, Probes};
+use crate::sys::safefs::{self, FsStats};
 use crate::volume::{self, RelPath, absolute_path, quote};
 
 /// Host directories that are never a `mountedShare` root (nor below one):
@@ -140,7 +140,7 @@ impl ExportSpec {
         }
         let share = absolute_path("share", share)?;
         for o in options {
-            crate::mountopts::check(o).map_err(|e| bad("mountOptions", e.to_string()))?;
+            crate::sys::mountopts::check(o).map_err(|e| bad("mountOptions", e.to_string()))?;
         }
         Ok(ExportSpec::Nfs {
             server: server.to_string(),
@@ -562,7 +562,7 @@ impl Exports {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mount::FakeMounter;
+    use crate::sys::mount::FakeMounter;
 
     fn timeouts() -> Timeouts {
         Timeouts {

@@ -30,12 +30,12 @@ use crate::csi::v1::{
 };
 use crate::error::{Error as DriverError, respond};
 use crate::export::ExportSpec;
-use crate::hostpath::{self, HostPath};
-use crate::inflight::InFlight;
-use crate::mount::{self, MountEntry, Mounter};
-use crate::mountopts;
-use crate::offload::{self, Probes};
-use crate::safefs::{self, DirFd};
+use crate::sys::hostpath::{self, HostPath};
+use crate::sys::inflight::InFlight;
+use crate::sys::mount::{self, MountEntry, Mounter};
+use crate::sys::mountopts;
+use crate::sys::offload::{self, Probes};
+use crate::sys::safefs::{self, DirFd};
 use crate::volume::{RelPath, VolumeId, absolute_path};
 
 /// Volume context key kubelet sets on CSI ephemeral inline volumes.
@@ -859,7 +859,7 @@ impl Node for NodeService {
 mod tests {
     use super::*;
     use crate::error::to_status;
-    use crate::mount::FakeMounter;
+    use crate::sys::mount::FakeMounter;
 
     fn service(allow_inline: bool) -> (NodeService, Arc<FakeMounter>, tempfile::TempDir) {
         let t = tempfile::tempdir().unwrap();

@@ -22,8 +22,8 @@ use crate::csi::v1::{
 };
 use crate::export::{self, Exports, Timeouts};
 use crate::identity::IdentityService;
-use crate::mount::{Mounter, SystemMounter};
 use crate::node::NodeService;
+use crate::sys::mount::{Mounter, SystemMounter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -22,26 +22,7 @@ pub const RESERVED_DIR: &str = ".nfs-csi";
 const MAX_PATH: usize = 4096;
 const MAX_COMPONENT: usize = 255;
 
-/// Most characters of an input an error message quotes.
-pub const QUOTE_CHARS: usize = 200;
-
-/// `s` quoted for an error message: Debug-quoted, cut to its first
-/// [`QUOTE_CHARS`] characters (then `…(N bytes)`), so a huge input never
-/// makes a huge message or log line.
-pub fn quote(s: &str) -> String {
-    match s.char_indices().nth(QUOTE_CHARS) {
-        None => format!("{s:?}"),
-        Some((cut, _)) => format!("{:?}…({} bytes)", &s[..cut], s.len()),
-    }
-}
-
-/// `s` as is when short, else like [`quote`] but unquoted: for log fields.
-pub fn short(s: &str) -> std::borrow::Cow<'_, str> {
-    match s.char_indices().nth(QUOTE_CHARS) {
-        None => s.into(),
-        Some((cut, _)) => format!("{}…({} bytes)", &s[..cut], s.len()).into(),
-    }
-}
+pub use crate::sys::text::{QUOTE_CHARS, quote, short};
 
 /// Parameters that external-provisioner adds with `--extra-create-metadata`.
 pub const PARAM_PVC_NAME: &str = "csi.storage.k8s.io/pvc/name";

@@ -59,7 +59,7 @@ use common::*;
 use csi::volume_capability::access_mode::Mode;
 use nfs_csi::csi::v1 as csi;
 use nfs_csi::export::ExportSpec;
-use nfs_csi::mount::MountEntry;
+use nfs_csi::sys::mount::MountEntry;
 use nfs_csi::volume::{PARAM_PV_NAME, PARAM_PVC_NAME, PARAM_PVC_NAMESPACE, RelPath, VolumeId};
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
@@ -151,7 +151,7 @@ fn env(name: &str) -> String {
 
 fn mount_table() -> Vec<MountEntry> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
-    nfs_csi::mount::parse_mountinfo(&text).expect("parse mountinfo")
+    nfs_csi::sys::mount::parse_mountinfo(&text).expect("parse mountinfo")
 }
 
 /// Every mount at exactly `path` (stacked ones too), bottom first.

@@ -500,8 +500,8 @@ async fn read_only_publish_keeps_nosuid_nodev_noexec() {
         .await
         .unwrap();
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let table = nfs_csi::mount::parse_mountinfo(&text).unwrap();
-    let m = nfs_csi::mount::find(&table, &target).expect("target mounted");
+    let table = nfs_csi::sys::mount::parse_mountinfo(&text).unwrap();
+    let m = nfs_csi::sys::mount::find(&table, &target).expect("target mounted");
     for flag in ["ro", "nosuid", "nodev", "noexec"] {
         assert!(
             m.options.iter().any(|o| o == flag),

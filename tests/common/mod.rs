@@ -267,7 +267,7 @@ pub fn snapshot_tree(root: &Path) -> Vec<String> {
 /// Mount points at or below `root`, from /proc/self/mountinfo.
 pub fn mounts_under(root: &Path) -> Vec<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    nfs_csi::mount::parse_mountinfo(&text)
+    nfs_csi::sys::mount::parse_mountinfo(&text)
         .unwrap_or_default()
         .into_iter()
         .map(|m| m.mount_point)

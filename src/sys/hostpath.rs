@@ -268,7 +268,7 @@ fn leaf_error(leaf: Leaf, path: PathBuf) -> Error {
 /// `/proc/self/fdinfo`), as in the first field of `/proc/self/mountinfo`.
 pub fn mount_id(fd: BorrowedFd<'_>) -> std::result::Result<u32, Errno> {
     let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
-        .map_err(|e| crate::safefs::errno_of(&e))?;
+        .map_err(|e| crate::sys::safefs::errno_of(&e))?;
     text.lines()
         .find_map(|l| l.strip_prefix("mnt_id:"))
         .and_then(|v| v.trim().parse().ok())
@@ -339,8 +339,8 @@ mod tests {
         let f = std::fs::File::open("/").unwrap();
         let id = mount_id(f.as_fd()).unwrap();
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let table = crate::mount::parse_mountinfo(&text).unwrap();
-        let root = crate::mount::find(&table, Path::new("/")).unwrap();
+        let table = crate::sys::mount::parse_mountinfo(&text).unwrap();
+        let root = crate::sys::mount::find(&table, Path::new("/")).unwrap();
         assert_eq!(root.mount_id, id);
     }
 }

@@ -29,8 +29,8 @@ use nix::errno::Errno;
 use nix::mount::MntFlags;
 use rustix::mount::{MoveMountFlags, OpenTreeFlags};
 
-use crate::command;
-use crate::hostpath;
+use crate::sys::command;
+use crate::sys::hostpath;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -72,8 +72,8 @@ impl<'a> From<&'a hostpath::HostDir> for At<'a> {
     }
 }
 
-impl<'a> From<&'a crate::safefs::DirFd> for At<'a> {
-    fn from(d: &'a crate::safefs::DirFd) -> Self {
+impl<'a> From<&'a crate::sys::safefs::DirFd> for At<'a> {
+    fn from(d: &'a crate::sys::safefs::DirFd) -> Self {
         At {
             fd: d.fd(),
             path: d.path(),
@@ -286,7 +286,7 @@ impl Mounter for SystemMounter {
             target: scratch.clone(),
             cause,
         };
-        std::fs::create_dir_all(&scratch).map_err(|e| err(crate::safefs::errno_of(&e)))?;
+        std::fs::create_dir_all(&scratch).map_err(|e| err(crate::sys::safefs::errno_of(&e)))?;
         let out = self.mount_nfs(source, &scratch, options).and_then(|()| {
             let dir = nix::fcntl::open(
                 &scratch,

@@ -151,7 +151,7 @@ pub fn check(option: &str) -> Result<(), Error> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"=._-:/+@".contains(&b));
     if !well_formed {
-        return Err(Error::Malformed(crate::volume::quote(option)));
+        return Err(Error::Malformed(crate::sys::text::quote(option)));
     }
     let name = name_of(option).to_ascii_lowercase();
     if FORBIDDEN.contains(&name.as_str()) || FORBIDDEN_PREFIXES.iter().any(|p| name.starts_with(p))
