@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::export::ExportSpec;
+use crate::storage::export::ExportSpec;
 
 /// Which CSI services this process serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -22,14 +22,16 @@ use crate::csi::v1::{
     controller_server::Controller, controller_service_capability, volume_capability,
 };
 use crate::error::respond;
-use crate::export::{ExportSpec, Exports};
 use crate::snapshot::{self, SnapshotId, State, Store};
+use crate::storage::export::{ExportSpec, Exports};
+use crate::storage::ids::{self, OnDelete, RESERVED_DIR, RelPath, VolumeId};
+use crate::storage::params::{self, VolumeRecord};
 use crate::sys::inflight::InFlight;
 use crate::sys::jobs::Jobs;
 use crate::sys::offload;
 use crate::sys::safefs::{self, DirFd};
+use crate::sys::text::{quote, short};
 use crate::tree;
-use crate::volume::{self, OnDelete, RESERVED_DIR, RelPath, VolumeId, VolumeRecord, quote};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -180,7 +182,7 @@ fn now_unix() -> u64 {
 
 /// File name for a volume name in `.nfs-csi/names/`.
 fn name_file(name: &str) -> String {
-    volume::safe_file_name(name)
+    ids::safe_file_name(name)
 }
 
 fn record_file(subdir: &RelPath) -> String {
@@ -670,7 +672,7 @@ impl ControllerService {
         }
         let flags = check_caps(&req.volume_capabilities)?;
         let capacity = range(req.capacity_range.as_ref())?;
-        let params = volume::create_params(
+        let params = params::create_params(
             &req.name,
             &req.parameters,
             &flags,
@@ -1183,7 +1185,7 @@ impl ControllerService {
     async fn listable_root(&self, export: &ExportSpec, rpc: &str) -> Result<Option<PathBuf>> {
         match self.exports.ready(export).await {
             Ok((root, _)) => Ok(Some(root)),
-            Err(e @ crate::export::Error::NotResponding { .. }) => Err(e.into()),
+            Err(e @ crate::storage::export::Error::NotResponding { .. }) => Err(e.into()),
             Err(e) => {
                 tracing::warn!(export = %export.key(), error = %e, "export skipped in {rpc}");
                 Ok(None)
@@ -1318,7 +1320,7 @@ impl ControllerService {
                 None => return Err(Error::NoAccessType.into()),
             }
         }
-        volume::check_known(&req.parameters)?;
+        params::check_known(&req.parameters)?;
         let names_export = ["server", "share", "mountedShare"]
             .iter()
             .any(|k| req.parameters.contains_key(*k));
@@ -1328,7 +1330,7 @@ impl ControllerService {
             return Ok(csi::GetCapacityResponse::default());
         }
         let export =
-            volume::export_from_params(&req.parameters, &flags, self.exports.default_export())?;
+            params::export_from_params(&req.parameters, &flags, self.exports.default_export())?;
         let (_, stats) = self.exports.ready(&export).await?;
         Ok(csi::GetCapacityResponse {
             available_capacity: i64::try_from(stats.available_bytes).unwrap_or(i64::MAX),
@@ -1443,7 +1445,7 @@ fn snapshot_params(
         .iter()
         .any(|k| params.contains_key(*k));
     let export = if names_export {
-        Some(volume::export_from_params(params, &[], None)?)
+        Some(params::export_from_params(params, &[], None)?)
     } else {
         None
     };
@@ -1637,7 +1639,7 @@ fn capability(t: controller_service_capability::rpc::Type) -> ControllerServiceC
 
 #[tonic::async_trait]
 impl Controller for ControllerService {
-    #[instrument(skip_all, fields(name = %volume::short(&request.get_ref().name)))]
+    #[instrument(skip_all, fields(name = %short(&request.get_ref().name)))]
     async fn create_volume(
         &self,
         request: Request<csi::CreateVolumeRequest>,
@@ -1645,7 +1647,7 @@ impl Controller for ControllerService {
         respond(self.create(request.into_inner())).await
     }
 
-    #[instrument(skip_all, fields(volume_id = %volume::short(&request.get_ref().volume_id)))]
+    #[instrument(skip_all, fields(volume_id = %short(&request.get_ref().volume_id)))]
     async fn delete_volume(
         &self,
         request: Request<csi::DeleteVolumeRequest>,
@@ -1653,7 +1655,7 @@ impl Controller for ControllerService {
         respond(self.delete(request.into_inner())).await
     }
 
-    #[instrument(skip_all, fields(volume_id = %volume::short(&request.get_ref().volume_id)))]
+    #[instrument(skip_all, fields(volume_id = %short(&request.get_ref().volume_id)))]
     async fn validate_volume_capabilities(
         &self,
         request: Request<csi::ValidateVolumeCapabilitiesRequest>,
@@ -1661,7 +1663,7 @@ impl Controller for ControllerService {
         respond(self.validate(request.into_inner())).await
     }
 
-    #[instrument(skip_all, fields(token = %volume::short(&request.get_ref().starting_token)))]
+    #[instrument(skip_all, fields(token = %short(&request.get_ref().starting_token)))]
     async fn list_volumes(
         &self,
         request: Request<csi::ListVolumesRequest>,
@@ -1703,7 +1705,7 @@ impl Controller for ControllerService {
         }))
     }
 
-    #[instrument(skip_all, fields(name = %volume::short(&request.get_ref().name), source = %volume::short(&request.get_ref().source_volume_id)))]
+    #[instrument(skip_all, fields(name = %short(&request.get_ref().name), source = %short(&request.get_ref().source_volume_id)))]
     async fn create_snapshot(
         &self,
         request: Request<csi::CreateSnapshotRequest>,
@@ -1715,7 +1717,7 @@ impl Controller for ControllerService {
         .await
     }
 
-    #[instrument(skip_all, fields(snapshot_id = %volume::short(&request.get_ref().snapshot_id)))]
+    #[instrument(skip_all, fields(snapshot_id = %short(&request.get_ref().snapshot_id)))]
     async fn delete_snapshot(
         &self,
         request: Request<csi::DeleteSnapshotRequest>,
@@ -1727,7 +1729,7 @@ impl Controller for ControllerService {
         .await
     }
 
-    #[instrument(skip_all, fields(snapshot_id = %volume::short(&request.get_ref().snapshot_id), source = %volume::short(&request.get_ref().source_volume_id)))]
+    #[instrument(skip_all, fields(snapshot_id = %short(&request.get_ref().snapshot_id), source = %short(&request.get_ref().source_volume_id)))]
     async fn list_snapshots(
         &self,
         request: Request<csi::ListSnapshotsRequest>,
@@ -1739,7 +1741,7 @@ impl Controller for ControllerService {
         .await
     }
 
-    #[instrument(skip_all, fields(volume_id = %volume::short(&request.get_ref().volume_id)))]
+    #[instrument(skip_all, fields(volume_id = %short(&request.get_ref().volume_id)))]
     async fn controller_expand_volume(
         &self,
         request: Request<csi::ControllerExpandVolumeRequest>,
@@ -1747,7 +1749,7 @@ impl Controller for ControllerService {
         respond(self.expand(request.into_inner())).await
     }
 
-    #[instrument(skip_all, fields(volume_id = %volume::short(&request.get_ref().volume_id)))]
+    #[instrument(skip_all, fields(volume_id = %short(&request.get_ref().volume_id)))]
     async fn controller_get_volume(
         &self,
         request: Request<csi::ControllerGetVolumeRequest>,

@@ -4,13 +4,14 @@
 use nix::errno::Errno;
 use tonic::{Code, Status};
 
+use crate::storage::{self, export};
 use crate::sys::{command, hostpath, inflight, mount, mountopts, offload, safefs};
-use crate::{controller, export, node, snapshot, tree, volume};
+use crate::{controller, node, snapshot, tree};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Volume(#[from] volume::Error),
+    Volume(#[from] storage::Error),
     #[error(transparent)]
     Fs(#[from] safefs::Error),
     #[error(transparent)]
@@ -87,7 +88,7 @@ pub fn code(err: &Error) -> Code {
     use controller::Error as C;
     use node::Error as N;
     match err {
-        Error::Volume(volume::Error::InvalidId { .. }) => Code::NotFound,
+        Error::Volume(storage::Error::InvalidId { .. }) => Code::NotFound,
         Error::Volume(_) => Code::InvalidArgument,
         Error::Fs(e) => fs_code(e),
         Error::Mount(e) => mount_code(e),
@@ -241,7 +242,7 @@ mod tests {
 
     #[test]
     fn codes_follow_the_spec() {
-        let bad_id = volume::VolumeId::parse("nope").unwrap_err();
+        let bad_id = storage::ids::VolumeId::parse("nope").unwrap_err();
         assert_eq!(to_status(bad_id).code(), Code::NotFound);
         assert_eq!(
             to_status(controller::Error::BadToken("x".into())).code(),

@@ -9,16 +9,17 @@ pub mod controller;
 pub mod crds;
 pub mod csi;
 pub mod error;
-pub mod export;
 pub mod identity;
 pub mod metrics;
 pub mod node;
 pub mod server;
 pub mod snapshot;
+pub mod storage;
 pub mod sys;
 pub mod tree;
-pub mod volume;
 
 // Phase 2 of the layout (issue 12) moves snapshot.rs and tree.rs into
 // archive/; until then they keep naming these modules at the crate root.
+use storage::export;
+use storage::ids as volume;
 use sys::safefs;

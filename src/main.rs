@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use nfs_csi::config::{Config, Mode};
-use nfs_csi::export::ExportSpec;
+use nfs_csi::storage::export::ExportSpec;
 
 #[derive(Parser)]
 #[command(
@@ -153,11 +153,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .allowed_share_roots
         .iter()
         .filter(|r| !r.is_empty())
-        .map(|r| nfs_csi::volume::absolute_path("--allowed-share-root", r))
+        .map(|r| nfs_csi::storage::ids::absolute_path("--allowed-share-root", r))
         .collect::<Result<Vec<_>, _>>()
         .context("--allowed-share-root")?;
     // Before any export is parsed: the configured ones are checked too.
-    nfs_csi::export::set_allowed_roots(allowed_share_roots.clone());
+    nfs_csi::storage::export::set_allowed_roots(allowed_share_roots.clone());
     let exports = args
         .exports
         .iter()

@@ -29,14 +29,14 @@ use crate::csi::v1::{
     node_service_capability, volume_capability,
 };
 use crate::error::{Error as DriverError, respond};
-use crate::export::ExportSpec;
+use crate::storage::export::ExportSpec;
+use crate::storage::ids::{RelPath, VolumeId, absolute_path};
 use crate::sys::hostpath::{self, HostPath};
 use crate::sys::inflight::InFlight;
 use crate::sys::mount::{self, MountEntry, Mounter};
 use crate::sys::mountopts;
 use crate::sys::offload::{self, Probes};
 use crate::sys::safefs::{self, DirFd};
-use crate::volume::{RelPath, VolumeId, absolute_path};
 
 /// Volume context key kubelet sets on CSI ephemeral inline volumes.
 pub const EPHEMERAL_KEY: &str = "csi.storage.k8s.io/ephemeral";
@@ -564,7 +564,7 @@ impl NodeService {
         }
         // A path that is not a clean absolute one names nothing there is.
         let no_volume = || Error::NoVolumeAt {
-            path: crate::volume::quote(&req.volume_path),
+            path: crate::sys::text::quote(&req.volume_path),
         };
         let path = absolute_path("volume_path", &req.volume_path).map_err(|_| no_volume())?;
         hostpath::check_below(&self.base(), &path)?;
@@ -782,7 +782,7 @@ fn node_capability(t: node_service_capability::rpc::Type) -> NodeServiceCapabili
 
 #[tonic::async_trait]
 impl Node for NodeService {
-    #[instrument(skip_all, fields(volume_id = %crate::volume::short(&request.get_ref().volume_id)))]
+    #[instrument(skip_all, fields(volume_id = %crate::sys::text::short(&request.get_ref().volume_id)))]
     async fn node_stage_volume(
         &self,
         request: Request<csi::NodeStageVolumeRequest>,
@@ -790,7 +790,7 @@ impl Node for NodeService {
         respond(self.stage(request.into_inner())).await
     }
 
-    #[instrument(skip_all, fields(volume_id = %crate::volume::short(&request.get_ref().volume_id)))]
+    #[instrument(skip_all, fields(volume_id = %crate::sys::text::short(&request.get_ref().volume_id)))]
     async fn node_unstage_volume(
         &self,
         request: Request<csi::NodeUnstageVolumeRequest>,
@@ -798,7 +798,7 @@ impl Node for NodeService {
         respond(self.unstage(request.into_inner())).await
     }
 
-    #[instrument(skip_all, fields(volume_id = %crate::volume::short(&request.get_ref().volume_id)))]
+    #[instrument(skip_all, fields(volume_id = %crate::sys::text::short(&request.get_ref().volume_id)))]
     async fn node_publish_volume(
         &self,
         request: Request<csi::NodePublishVolumeRequest>,
@@ -806,7 +806,7 @@ impl Node for NodeService {
         respond(self.publish(request.into_inner())).await
     }
 
-    #[instrument(skip_all, fields(volume_id = %crate::volume::short(&request.get_ref().volume_id)))]
+    #[instrument(skip_all, fields(volume_id = %crate::sys::text::short(&request.get_ref().volume_id)))]
     async fn node_unpublish_volume(
         &self,
         request: Request<csi::NodeUnpublishVolumeRequest>,
@@ -814,7 +814,7 @@ impl Node for NodeService {
         respond(self.unpublish(request.into_inner())).await
     }
 
-    #[instrument(skip_all, fields(volume_id = %crate::volume::short(&request.get_ref().volume_id)))]
+    #[instrument(skip_all, fields(volume_id = %crate::sys::text::short(&request.get_ref().volume_id)))]
     async fn node_get_volume_stats(
         &self,
         request: Request<csi::NodeGetVolumeStatsRequest>,

@@ -20,9 +20,9 @@ use crate::controller::ControllerService;
 use crate::csi::v1::{
     controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer,
 };
-use crate::export::{self, Exports, Timeouts};
 use crate::identity::IdentityService;
 use crate::node::NodeService;
+use crate::storage::export::{self, Exports, Timeouts};
 use crate::sys::mount::{Mounter, SystemMounter};
 
 #[derive(Debug, thiserror::Error)]

@@ -1420,7 +1420,7 @@ fn examples_are_valid_and_refer_to_each_other() {
         params.insert("csi.storage.k8s.io/pvc/namespace".into(), "default".into());
         params.insert("csi.storage.k8s.io/pv/name".into(), "pvc-1234".into());
         let flags = sc.mount_options.clone().unwrap_or_default();
-        nfs_csi::volume::create_params("pvc-1234", &params, &flags, None)
+        nfs_csi::storage::params::create_params("pvc-1234", &params, &flags, None)
             .unwrap_or_else(|e| panic!("StorageClass {:?}: {e}", sc.metadata.name));
         assert_eq!(sc.allow_volume_expansion, Some(true));
     }

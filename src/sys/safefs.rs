@@ -21,7 +21,7 @@ use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, RenameFlags, openat, renameat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
 
-use crate::volume::RelPath;
+use crate::storage::ids::RelPath;
 
 /// Largest metadata file read back (records are a few hundred bytes).
 const MAX_SMALL_FILE: usize = 1 << 20;

@@ -22,10 +22,11 @@ use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::ids::{RelPath, absolute_path};
 use crate::sys::mount::{self, Mounter};
 use crate::sys::offload::{self, Probes};
 use crate::sys::safefs::{self, FsStats};
-use crate::volume::{self, RelPath, absolute_path, quote};
+use crate::sys::text::quote;
 
 /// Host directories that are never a `mountedShare` root (nor below one):
 /// the host's own system trees. A `lib*` top directory is refused too.
@@ -124,8 +125,8 @@ pub enum ExportSpec {
 }
 
 impl ExportSpec {
-    pub fn nfs(server: &str, share: &str, options: &[String]) -> Result<Self, volume::Error> {
-        let bad = |name: &str, reason: String| volume::Error::InvalidParameter {
+    pub fn nfs(server: &str, share: &str, options: &[String]) -> Result<Self, super::Error> {
+        let bad = |name: &str, reason: String| super::Error::InvalidParameter {
             name: name.to_string(),
             reason,
         };
@@ -153,11 +154,11 @@ impl ExportSpec {
     /// host's system trees and, when the admin set `--allowed-share-root`,
     /// at or below one of those. (Symlinks on the way are refused when the
     /// root is opened: see `safefs::DirFd::open_root`.)
-    pub fn mounted(root: &str) -> Result<Self, volume::Error> {
+    pub fn mounted(root: &str) -> Result<Self, super::Error> {
         let root = absolute_path("mountedShare", root)?;
         let allowed = ALLOWED_ROOTS.get().map(Vec::as_slice).unwrap_or(&[]);
         if let Some(reason) = refused_root(&root, allowed) {
-            return Err(volume::Error::InvalidParameter {
+            return Err(super::Error::InvalidParameter {
                 name: "mountedShare".into(),
                 reason,
             });
@@ -166,7 +167,7 @@ impl ExportSpec {
     }
 
     /// Parses a `--export` flag: `server:/share` or an absolute path.
-    pub fn parse_flag(s: &str) -> Result<Self, volume::Error> {
+    pub fn parse_flag(s: &str) -> Result<Self, super::Error> {
         if s.starts_with('/') {
             return Self::mounted(s);
         }
@@ -175,7 +176,7 @@ impl ExportSpec {
                 let server = server.trim_start_matches('[').trim_end_matches(']');
                 Self::nfs(server, &format!("/{rest}"), &[])
             }
-            None => Err(volume::Error::InvalidParameter {
+            None => Err(super::Error::InvalidParameter {
                 name: "export".into(),
                 reason: format!("{} is neither server:/share nor an absolute path", quote(s)),
             }),
@@ -183,7 +184,7 @@ impl ExportSpec {
     }
 
     /// The same spec built again through the constructors' checks.
-    fn revalidated(&self) -> Result<Self, volume::Error> {
+    fn revalidated(&self) -> Result<Self, super::Error> {
         match self {
             ExportSpec::Nfs {
                 server,
