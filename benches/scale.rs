@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use nfs_csi::csi::v1 as csi;
+use nfs_csi::grpc::csi::v1 as csi;
 use tonic::transport::Channel;
 
 /// The StorageClass parameters: an NFS export when BENCH_NFS_SERVER and

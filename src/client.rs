@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::csi::v1 as csi;
+use crate::grpc::csi::v1 as csi;
 use csi::controller_client::ControllerClient;
 use csi::identity_client::IdentityClient;
 use csi::node_client::NodeClient;
@@ -806,7 +806,7 @@ fn prepare(rpc: Rpc) -> Result<Pending, Failure> {
 
 /// A tonic channel over the Unix socket of `endpoint`.
 async fn connect(endpoint: &str) -> Result<Channel, Failure> {
-    let path: PathBuf = crate::server::socket_path(endpoint).map_err(|_| {
+    let path: PathBuf = crate::grpc::server::socket_path(endpoint).map_err(|_| {
         Failure::Usage(format!(
             "--endpoint {endpoint:?}: expected unix:///path/to/csi.sock"
         ))

@@ -17,11 +17,11 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::config::Config;
-use crate::csi::v1::{
+use crate::grpc::csi::v1::{
     self as csi, ControllerServiceCapability, VolumeCapability, VolumeCondition,
     controller_server::Controller, controller_service_capability, volume_capability,
 };
-use crate::error::respond;
+use crate::grpc::status::respond;
 use crate::snapshot::{self, SnapshotId, State, Store};
 use crate::storage::export::{ExportSpec, Exports};
 use crate::storage::ids::{self, OnDelete, RESERVED_DIR, RelPath, VolumeId};
@@ -126,7 +126,7 @@ impl ControllerService {
     }
 }
 
-type Result<T> = std::result::Result<T, crate::error::Error>;
+type Result<T> = std::result::Result<T, crate::grpc::status::Error>;
 
 /// Checks capabilities: all mount (no block), each with an access mode.
 /// Returns the mount flags they carry.
@@ -755,7 +755,7 @@ impl ControllerService {
                 let (root, _) = self.exports.ready(&sid.export).await?;
                 let key = sid.key.clone();
                 let state = offload::run("read snapshot", fs, move || {
-                    Ok::<_, crate::error::Error>(match Store::open(&root, &key, false)? {
+                    Ok::<_, crate::grpc::status::Error>(match Store::open(&root, &key, false)? {
                         None => (State::Absent, root),
                         Some(store) => (store.state()?, root),
                     })
@@ -834,12 +834,12 @@ impl ControllerService {
         let job = self.jobs.start(&key, move |cancel| {
             let res =
                 populate_blocking(&root, &subdir, &source.from, allow_devices, threads, cancel);
-            let m = crate::metrics::get();
+            let m = crate::sys::metrics::get();
             match source.from {
-                From::Snapshot { .. } => crate::metrics::outcome(&m.restores, &res),
-                From::Volume { .. } => crate::metrics::outcome(&m.clones, &res),
+                From::Snapshot { .. } => crate::sys::metrics::outcome(&m.restores, &res),
+                From::Volume { .. } => crate::sys::metrics::outcome(&m.clones, &res),
             }
-            res.map_err(|e| crate::error::chain(&e))
+            res.map_err(|e| crate::grpc::status::chain(&e))
         });
         // Wait as long as the caller does; the job goes on if it gives up.
         match self
@@ -857,7 +857,7 @@ impl ControllerService {
                         discard_on_export(&root, &subdir)
                     })
                     .await;
-                if let Err(e) | Ok(Err(e)) = cleanup.map_err(crate::error::Error::from) {
+                if let Err(e) | Ok(Err(e)) = cleanup.map_err(crate::grpc::status::Error::from) {
                     tracing::error!(volume_id = %id, error = %e, "cannot discard the failed volume");
                 }
                 Err(Error::JobFailed(format!("populating volume {id}: {msg}")).into())
@@ -901,7 +901,7 @@ impl ControllerService {
         let job = self.jobs.start(&key, move |_| {
             delete_on_export(&root, &subdir)
                 .map(|done| tracing::info!(volume_id = %vid, "{done}"))
-                .map_err(|e| crate::error::chain(&e))
+                .map_err(|e| crate::grpc::status::chain(&e))
         });
         let fs = self.exports.timeouts().fs;
         match self.jobs.outcome(&key, &job, fs).await {
@@ -974,7 +974,7 @@ impl ControllerService {
             if let State::Absent = state {
                 let job = snapshot::Job::new(&name, &source_id, level);
                 store.start(&job)?;
-                return Ok::<_, crate::error::Error>(State::Pending(job));
+                return Ok::<_, crate::grpc::status::Error>(State::Pending(job));
             }
             Ok(state)
         })
@@ -1018,7 +1018,7 @@ impl ControllerService {
             match run() {
                 Ok(m) => {
                     let secs = start.elapsed().as_secs_f64();
-                    let metrics = crate::metrics::get();
+                    let metrics = crate::sys::metrics::get();
                     metrics.snapshot_bytes.inc_by(m.size_bytes);
                     metrics.snapshot_archive_bytes.inc_by(m.archive_bytes);
                     metrics.snapshot_seconds.observe(secs);
@@ -1035,7 +1035,7 @@ impl ControllerService {
                     );
                     Ok(())
                 }
-                Err(e) => Err(crate::error::chain(&e)),
+                Err(e) => Err(crate::grpc::status::chain(&e)),
             }
         });
         // Small volumes finish at once; larger ones report ready_to_use
@@ -1044,7 +1044,7 @@ impl ControllerService {
             Some(Ok(())) => {
                 let skey = sid.key.clone();
                 let m = offload::run("read manifest", fs, move || {
-                    Ok::<_, crate::error::Error>(
+                    Ok::<_, crate::grpc::status::Error>(
                         Store::open(&store_root, &skey, false)?
                             .and_then(|s| s.manifest().transpose()),
                     )
@@ -1086,7 +1086,7 @@ impl ControllerService {
             if let Some(dir) = Store::snapshots_dir(&root, false)? {
                 dir.remove_tree(OsStr::new(&skey))?;
             }
-            Ok::<_, crate::error::Error>(())
+            Ok::<_, crate::grpc::status::Error>(())
         })
         .await??;
         tracing::info!(snapshot_id = %key, "snapshot deleted");
@@ -1113,7 +1113,7 @@ impl ControllerService {
             let (root, _) = self.exports.ready(&sid.export).await?;
             let s = sid.clone();
             let found = offload::run("read snapshot", fs, move || {
-                Ok::<_, crate::error::Error>(match Store::open(&root, &s.key, false)? {
+                Ok::<_, crate::grpc::status::Error>(match Store::open(&root, &s.key, false)? {
                     None => None,
                     Some(store) => match store.state()? {
                         State::Ready(m) => Some(snapshot_ready(&s, &m)),
@@ -1208,7 +1208,7 @@ impl ControllerService {
                 let Some(meta) = Meta::open(&root, false)? else {
                     return Ok(None);
                 };
-                Ok::<_, crate::error::Error>(
+                Ok::<_, crate::grpc::status::Error>(
                     meta.record(&subdir)?.map(|r| (r, meta.condition(&subdir))),
                 )
             },
@@ -1375,7 +1375,7 @@ impl ControllerService {
                 rec.capacity_bytes = want;
                 meta.save(&rec, &subdir)?;
             }
-            Ok::<_, crate::error::Error>(rec.capacity_bytes)
+            Ok::<_, crate::grpc::status::Error>(rec.capacity_bytes)
         })
         .await??;
         Ok(csi::ControllerExpandVolumeResponse {
@@ -1394,14 +1394,14 @@ impl ControllerService {
         let id = VolumeId::parse(&req.volume_id)?;
         let (volume, condition) = match self.existing(&req.volume_id).await {
             Ok((id, rec, cond)) => (to_volume(&id, rec.capacity_bytes), cond),
-            Err(crate::error::Error::Export(e)) => (
+            Err(crate::grpc::status::Error::Export(e)) => (
                 to_volume(&id, 0),
                 VolumeCondition {
                     abnormal: true,
                     message: e.to_string(),
                 },
             ),
-            Err(crate::error::Error::Offload(e)) => (
+            Err(crate::grpc::status::Error::Offload(e)) => (
                 to_volume(&id, 0),
                 VolumeCondition {
                     abnormal: true,
@@ -1872,7 +1872,10 @@ mod tests {
             msg.contains("\"team\"") && msg.contains("\"a\"") && msg.contains("\"team/a\""),
             "{msg}"
         );
-        assert_eq!(crate::error::code(&err), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            crate::grpc::status::code(&err),
+            tonic::Code::FailedPrecondition
+        );
         // once a is gone, its directory's parent may become a volume
         delete_on_export(t.path(), &a).unwrap();
         create_on_export(t.path(), rec("b", "team", OnDelete::Delete), &team, (0, 0)).unwrap();

@@ -12,7 +12,9 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::config::Config;
-use crate::csi::v1::{self as csi, PluginCapability, identity_server::Identity, plugin_capability};
+use crate::grpc::csi::v1::{
+    self as csi, PluginCapability, identity_server::Identity, plugin_capability,
+};
 
 pub struct IdentityService {
     config: Arc<Config>,

@@ -192,7 +192,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async move {
-        nfs_csi::server::serve(&args.endpoint, config, shutdown_signal())
+        nfs_csi::grpc::server::serve(&args.endpoint, config, shutdown_signal())
             .await
             .context("nfs-csi serve")
     });

@@ -24,11 +24,11 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::config::Config;
-use crate::csi::v1::{
+use crate::grpc::csi::v1::{
     self as csi, NodeServiceCapability, VolumeCapability, VolumeCondition, node_server::Node,
     node_service_capability, volume_capability,
 };
-use crate::error::{Error as DriverError, respond};
+use crate::grpc::status::{Error as DriverError, respond};
 use crate::storage::export::ExportSpec;
 use crate::storage::ids::{RelPath, VolumeId, absolute_path};
 use crate::sys::hostpath::{self, HostPath};
@@ -858,7 +858,7 @@ impl Node for NodeService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::to_status;
+    use crate::grpc::status::to_status;
     use crate::sys::mount::FakeMounter;
 
     fn service(allow_inline: bool) -> (NodeService, Arc<FakeMounter>, tempfile::TempDir) {

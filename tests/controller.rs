@@ -8,7 +8,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 
 use common::*;
-use nfs_csi::csi::v1 as csi;
+use nfs_csi::grpc::csi::v1 as csi;
 use tonic::Code;
 
 fn share(t: &Path, name: &str) -> String {

@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use csi::volume_capability::access_mode::Mode;
-use nfs_csi::csi::v1 as csi;
+use nfs_csi::grpc::csi::v1 as csi;
 use nfs_csi::storage::export::ExportSpec;
 use nfs_csi::storage::ids::{RelPath, VolumeId};
 use nfs_csi::storage::params::{PARAM_PV_NAME, PARAM_PVC_NAME, PARAM_PVC_NAMESPACE};

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use nfs_csi::csi::v1 as csi;
+use nfs_csi::grpc::csi::v1 as csi;
 use tonic::Code;
 
 const DRIVER: &str = "nfs-csi.dev";

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use common::*;
-use nfs_csi::csi::v1 as csi;
+use nfs_csi::grpc::csi::v1 as csi;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use nfs_csi::csi::v1 as csi;
+use nfs_csi::grpc::csi::v1 as csi;
 use sha2::{Digest, Sha256};
 use tonic::Code;
 

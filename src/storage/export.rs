@@ -438,7 +438,7 @@ impl Exports {
     pub async fn ready(&self, spec: &ExportSpec) -> Result<(PathBuf, FsStats), Error> {
         let res = self.ready_inner(spec).await;
         let mounted = matches!(spec, ExportSpec::Nfs { .. }).then_some(res.is_ok());
-        crate::metrics::export_state(&spec.key(), mounted, res.is_ok());
+        crate::sys::metrics::export_state(&spec.key(), mounted, res.is_ok());
         res
     }
 

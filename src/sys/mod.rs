@@ -13,6 +13,7 @@
 //! - `inflight`: one operation per key at a time.
 //! - `jobs`: background jobs and their outcomes.
 //! - `text`: how much of an untrusted input a message quotes.
+//! - `metrics`: the Prometheus registry every layer counts in.
 //!
 //! May depend on: std and external crates, and other `sys` modules. Nothing
 //! here imports from `controller`, `node`, `grpc` or `cli`. One import still
@@ -24,6 +25,7 @@ pub mod command;
 pub mod hostpath;
 pub mod inflight;
 pub mod jobs;
+pub mod metrics;
 pub mod mount;
 pub mod mountopts;
 pub mod offload;

@@ -196,7 +196,7 @@ fn capped(mut message: String) -> String {
 pub fn to_status(err: impl Into<Error>) -> Status {
     let err = err.into();
     let code = code(&err);
-    crate::metrics::error(kind(&err));
+    crate::sys::metrics::error(kind(&err));
     let message = capped(chain(&err));
     match code {
         Code::Internal | Code::Unavailable => tracing::error!(code = ?code, "{message}"),

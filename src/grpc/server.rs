@@ -17,7 +17,7 @@ use tonic::transport::Server;
 
 use crate::config::Config;
 use crate::controller::ControllerService;
-use crate::csi::v1::{
+use crate::grpc::csi::v1::{
     controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer,
 };
 use crate::identity::IdentityService;
@@ -104,7 +104,7 @@ pub async fn serve(
     });
 
     if let Some(addr) = config.metrics_address {
-        let local = crate::metrics::serve(addr)
+        let local = crate::grpc::metrics::serve(addr)
             .await
             .map_err(|source| Error::Io {
                 path: PathBuf::from(addr.to_string()),
@@ -114,7 +114,7 @@ pub async fn serve(
     }
     let mut router = Server::builder()
         .timeout(Duration::from_secs(600))
-        .layer(crate::metrics::Layer)
+        .layer(crate::grpc::metrics::Layer)
         .add_service(IdentityServer::new(IdentityService::new(config.clone())));
     if config.mode.controller() {
         let exports = Exports::open(
