@@ -3,10 +3,9 @@
 //! host). See docs/architecture.md for how a request flows through these
 //! modules.
 
-pub mod client;
+pub mod cli;
 pub mod config;
 pub mod controller;
-pub mod crds;
 pub mod grpc;
 pub mod identity;
 pub mod node;

@@ -27,7 +27,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use nfs_csi::crds;
+use nfs_csi::cli::crds;
 use serde::Serialize;
 use serde::de::{Deserialize, DeserializeOwned};
 use serde_json::{Value, json};
