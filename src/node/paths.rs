@@ -1,0 +1,53 @@
+//! Paths from node requests: checked as strings here, then opened by
+//! descriptor below the kubelet directory (`sys::hostpath`).
+
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+
+use crate::storage::ids::absolute_path;
+use crate::sys::hostpath::{self, HostPath};
+
+use super::*;
+
+/// Resolves a path that must be creatable (`HostPath::resolve` with
+/// `create` never answers `None`).
+pub(super) fn resolve(base: &Path, path: &Path, create: bool) -> Result<HostPath> {
+    Ok(
+        HostPath::resolve(base, path, create)?.ok_or_else(|| hostpath::Error::Io {
+            op: "open",
+            path: path.to_path_buf(),
+            source: Errno::ENOENT,
+        })?,
+    )
+}
+
+/// Runs `work` on the directory at `hp`, created if missing; a directory
+/// this call created is removed again when `work` fails, so a refused or
+/// failed mount leaves nothing behind.
+pub(super) fn with_dir<T>(
+    hp: &HostPath,
+    work: impl FnOnce(&hostpath::HostDir) -> Result<T>,
+) -> Result<T> {
+    let (dir, created) = hp.dir_or_create()?;
+    let out = work(&dir);
+    drop(dir);
+    if out.is_err() && created {
+        let _ = hp.remove_dir();
+    }
+    out
+}
+
+impl NodeService {
+    /// Validates a path from a request: absolute, no `.`, `..` or empty
+    /// components, strictly below the kubelet directory. Symlinks are
+    /// checked when the path is opened (see `hostpath`).
+    pub(super) fn path(&self, what: &'static str, s: &str) -> Result<PathBuf> {
+        if s.is_empty() {
+            return Err(Error::Missing(what).into());
+        }
+        let p = absolute_path(what, s)?;
+        hostpath::check_below(&self.base(), &p)?;
+        Ok(p)
+    }
+}
