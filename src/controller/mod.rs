@@ -1,0 +1,273 @@
+//! The CSI Controller service: volumes as directories on exports.
+//!
+//! Safety assumptions: a volume exists for the driver only if its record
+//! exists in the export's `.nfs-csi/volumes/`; DeleteVolume removes nothing
+//! without one, so a forged or stale id can never delete a directory the
+//! driver did not provision. All directory work goes through `safefs` (no
+//! symlink followed, nothing outside the export) on the blocking pool under
+//! a timeout; two calls on one volume at once get ABORTED.
+//!
+//! What lives here: this file holds the service, its errors and the tonic
+//! `Controller` trait (thin: one call per RPC). `volumes` creates, deletes,
+//! expands, gets and validates volumes; `sources` fills a new volume from a
+//! snapshot or a volume; `snapshots` creates and deletes snapshots;
+//! `listing` pages ListVolumes and ListSnapshots; `records` keeps the
+//! `.nfs-csi/` records on an export.
+//!
+//! May depend on: `storage`, `sys`, `config` and (until phase 2 of issue 12
+//! moves it to `archive/`) `snapshot`/`tree`. Still naming `grpc::status`
+//! (its error type and `respond`): see docs/architecture.md.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::config::Config;
+use crate::grpc::csi::v1::{
+    self as csi, ControllerServiceCapability, controller_server::Controller,
+    controller_service_capability,
+};
+use crate::grpc::status::respond;
+use crate::storage::export::{ExportSpec, Exports};
+use crate::sys::inflight::InFlight;
+use crate::sys::jobs::Jobs;
+use crate::sys::text::{quote, short};
+
+mod listing;
+mod records;
+mod snapshots;
+mod sources;
+mod volumes;
+
+use records::*;
+use snapshots::*;
+use volumes::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0} is required")]
+    Missing(&'static str),
+    #[error(
+        "block access is not supported: nfs-csi volumes are directories; use volumeMode: Filesystem"
+    )]
+    Block,
+    #[error("a volume capability has no access type (mount or block)")]
+    NoAccessType,
+    #[error("a volume capability has no access mode")]
+    NoAccessMode,
+    #[error("capacity range is invalid: {0}")]
+    BadRange(String),
+    #[error("volume content source has no snapshot or volume")]
+    ContentSource,
+    #[error("snapshot {} does not exist", quote(.0))]
+    SnapshotNotFound(String),
+    #[error(
+        "snapshot {} is not ready yet; retry when the VolumeSnapshot is readyToUse",
+        quote(.0)
+    )]
+    SnapshotNotReady(String),
+    #[error(
+        "requested capacity {required} bytes is smaller than the source's {source_bytes} bytes"
+    )]
+    TooSmall { required: i64, source_bytes: i64 },
+    #[error(
+        "snapshot {} already exists with source volume {}",
+        quote(name),
+        quote(existing)
+    )]
+    SnapshotExists { name: String, existing: String },
+    #[error("{0}")]
+    JobFailed(String),
+    #[error("limit_bytes {limit} is below the volume's capacity {current}; volumes do not shrink")]
+    CannotShrink { limit: i64, current: i64 },
+    #[error(
+        "volume {} is still being filled from its own source; retry when it is ready",
+        quote(.0)
+    )]
+    SourceNotReady(String),
+    #[error("directory {} cannot be this volume's: {reason}", quote(subdir))]
+    DirInUse { subdir: String, reason: String },
+    #[error("volume {} does not exist", quote(.0))]
+    NotFound(String),
+    #[error("volume {} already exists and differs: {reason}", quote(name))]
+    AlreadyExists { name: String, reason: String },
+    #[error(
+        "starting_token {} is not one this driver issued (or its export is gone); restart the listing",
+        quote(.0)
+    )]
+    BadToken(String),
+    #[error("max_entries must not be negative")]
+    NegativeMaxEntries,
+    #[error("parameter {name:?}: {reason}")]
+    SnapshotParameter { name: String, reason: String },
+    #[error("record {path} is unreadable: {source}")]
+    CorruptRecord {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub struct ControllerService {
+    exports: Arc<Exports>,
+    inflight: InFlight,
+    jobs: Jobs,
+    config: Arc<Config>,
+    /// One per export location: held while CreateVolume checks that the new
+    /// directory neither contains nor lies inside another volume's and
+    /// records it, so two overlapping creates cannot both pass the check.
+    create_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl ControllerService {
+    pub fn new(exports: Arc<Exports>, config: Arc<Config>) -> Self {
+        ControllerService {
+            exports,
+            inflight: InFlight::default(),
+            jobs: Jobs::default(),
+            config,
+            create_locks: Default::default(),
+        }
+    }
+
+    fn create_lock(&self, export: &ExportSpec) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.create_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(export.location()).or_default().clone()
+    }
+}
+
+type Result<T> = std::result::Result<T, crate::grpc::status::Error>;
+
+impl ControllerService {}
+
+fn capability(t: controller_service_capability::rpc::Type) -> ControllerServiceCapability {
+    ControllerServiceCapability {
+        r#type: Some(controller_service_capability::Type::Rpc(
+            controller_service_capability::Rpc { r#type: t as i32 },
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    #[instrument(skip_all, fields(name = %short(&request.get_ref().name)))]
+    async fn create_volume(
+        &self,
+        request: Request<csi::CreateVolumeRequest>,
+    ) -> std::result::Result<Response<csi::CreateVolumeResponse>, Status> {
+        respond(self.create(request.into_inner())).await
+    }
+
+    #[instrument(skip_all, fields(volume_id = %short(&request.get_ref().volume_id)))]
+    async fn delete_volume(
+        &self,
+        request: Request<csi::DeleteVolumeRequest>,
+    ) -> std::result::Result<Response<csi::DeleteVolumeResponse>, Status> {
+        respond(self.delete(request.into_inner())).await
+    }
+
+    #[instrument(skip_all, fields(volume_id = %short(&request.get_ref().volume_id)))]
+    async fn validate_volume_capabilities(
+        &self,
+        request: Request<csi::ValidateVolumeCapabilitiesRequest>,
+    ) -> std::result::Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
+        respond(self.validate(request.into_inner())).await
+    }
+
+    #[instrument(skip_all, fields(token = %short(&request.get_ref().starting_token)))]
+    async fn list_volumes(
+        &self,
+        request: Request<csi::ListVolumesRequest>,
+    ) -> std::result::Result<Response<csi::ListVolumesResponse>, Status> {
+        respond(self.list(request.into_inner())).await
+    }
+
+    #[instrument(skip_all)]
+    async fn get_capacity(
+        &self,
+        request: Request<csi::GetCapacityRequest>,
+    ) -> std::result::Result<Response<csi::GetCapacityResponse>, Status> {
+        respond(self.capacity(request.into_inner())).await
+    }
+
+    #[instrument(skip_all)]
+    async fn controller_get_capabilities(
+        &self,
+        _request: Request<csi::ControllerGetCapabilitiesRequest>,
+    ) -> std::result::Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
+        use controller_service_capability::rpc::Type;
+        let capabilities = [
+            Type::CreateDeleteVolume,
+            Type::ListVolumes,
+            Type::GetCapacity,
+            Type::ExpandVolume,
+            Type::GetVolume,
+            Type::VolumeCondition,
+            Type::SingleNodeMultiWriter,
+            Type::CreateDeleteSnapshot,
+            Type::ListSnapshots,
+            Type::CloneVolume,
+        ]
+        .into_iter()
+        .map(capability)
+        .collect();
+        Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
+            capabilities,
+        }))
+    }
+
+    #[instrument(skip_all, fields(name = %short(&request.get_ref().name), source = %short(&request.get_ref().source_volume_id)))]
+    async fn create_snapshot(
+        &self,
+        request: Request<csi::CreateSnapshotRequest>,
+    ) -> std::result::Result<Response<csi::CreateSnapshotResponse>, Status> {
+        respond(ControllerService::create_snapshot(
+            self,
+            request.into_inner(),
+        ))
+        .await
+    }
+
+    #[instrument(skip_all, fields(snapshot_id = %short(&request.get_ref().snapshot_id)))]
+    async fn delete_snapshot(
+        &self,
+        request: Request<csi::DeleteSnapshotRequest>,
+    ) -> std::result::Result<Response<csi::DeleteSnapshotResponse>, Status> {
+        respond(ControllerService::delete_snapshot(
+            self,
+            request.into_inner(),
+        ))
+        .await
+    }
+
+    #[instrument(skip_all, fields(snapshot_id = %short(&request.get_ref().snapshot_id), source = %short(&request.get_ref().source_volume_id)))]
+    async fn list_snapshots(
+        &self,
+        request: Request<csi::ListSnapshotsRequest>,
+    ) -> std::result::Result<Response<csi::ListSnapshotsResponse>, Status> {
+        respond(ControllerService::list_snapshots(
+            self,
+            request.into_inner(),
+        ))
+        .await
+    }
+
+    #[instrument(skip_all, fields(volume_id = %short(&request.get_ref().volume_id)))]
+    async fn controller_expand_volume(
+        &self,
+        request: Request<csi::ControllerExpandVolumeRequest>,
+    ) -> std::result::Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
+        respond(self.expand(request.into_inner())).await
+    }
+
+    #[instrument(skip_all, fields(volume_id = %short(&request.get_ref().volume_id)))]
+    async fn controller_get_volume(
+        &self,
+        request: Request<csi::ControllerGetVolumeRequest>,
+    ) -> std::result::Result<Response<csi::ControllerGetVolumeResponse>, Status> {
+        respond(self.get(request.into_inner())).await
+    }
+}

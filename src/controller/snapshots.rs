@@ -1,0 +1,269 @@
+//! CreateSnapshot and DeleteSnapshot: the VolumeSnapshotClass parameters,
+//! the archive job, and the CSI view of a snapshot (the archive itself is
+//! `crate::snapshot`; phase 2 of issue 12 moves it to `archive/`).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::time::Duration;
+
+use crate::grpc::csi::v1::{self as csi};
+use crate::snapshot::{self, SnapshotId, State, Store};
+use crate::storage::export::ExportSpec;
+use crate::storage::ids::VolumeId;
+use crate::storage::params::{self};
+use crate::sys::offload;
+use crate::sys::safefs::DirFd;
+
+use super::*;
+
+/// The VolumeSnapshotClass parameters: where archives go (None: on the
+/// source volume's export) and the zstd level.
+pub(super) fn snapshot_params(
+    params: &HashMap<String, String>,
+    default_level: i32,
+) -> Result<(Option<ExportSpec>, i32)> {
+    let mut keys: Vec<&String> = params.keys().collect();
+    keys.sort();
+    for key in keys {
+        let known = matches!(
+            key.as_str(),
+            "server" | "share" | "mountedShare" | "compressionLevel"
+        ) || key.starts_with("csi.storage.k8s.io/");
+        if !known {
+            return Err(Error::SnapshotParameter {
+                name: key.clone(),
+                reason: "unknown; known: server, share, mountedShare, compressionLevel".into(),
+            }
+            .into());
+        }
+    }
+    let names_export = ["server", "share", "mountedShare"]
+        .iter()
+        .any(|k| params.contains_key(*k));
+    let export = if names_export {
+        Some(params::export_from_params(params, &[], None)?)
+    } else {
+        None
+    };
+    let level = match params.get("compressionLevel") {
+        None => default_level,
+        Some(v) => v
+            .parse::<i32>()
+            .ok()
+            .filter(|l| (1..=19).contains(l))
+            .ok_or_else(|| Error::SnapshotParameter {
+                name: "compressionLevel".into(),
+                reason: format!("{v:?} is not a zstd level from 1 to 19"),
+            })?,
+    };
+    Ok((export, level))
+}
+
+pub(super) fn timestamp(secs: i64, nanos: i32) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: secs,
+        nanos,
+    }
+}
+
+pub(super) fn snapshot_ready(id: &SnapshotId, m: &snapshot::Manifest) -> csi::Snapshot {
+    csi::Snapshot {
+        size_bytes: i64::try_from(m.size_bytes).unwrap_or(i64::MAX),
+        snapshot_id: id.to_string(),
+        source_volume_id: m.source_volume_id.clone(),
+        creation_time: Some(timestamp(m.created_unix, m.created_nanos)),
+        ready_to_use: true,
+        group_snapshot_id: String::new(),
+    }
+}
+
+pub(super) fn snapshot_pending(id: &SnapshotId, j: &snapshot::Job) -> csi::Snapshot {
+    csi::Snapshot {
+        size_bytes: 0,
+        snapshot_id: id.to_string(),
+        source_volume_id: j.source_volume_id.clone(),
+        creation_time: Some(timestamp(j.created_unix, j.created_nanos)),
+        ready_to_use: false,
+        group_snapshot_id: String::new(),
+    }
+}
+
+impl ControllerService {
+    pub(super) async fn create_snapshot(
+        &self,
+        req: csi::CreateSnapshotRequest,
+    ) -> Result<csi::CreateSnapshotResponse> {
+        if req.name.is_empty() {
+            return Err(Error::Missing("name").into());
+        }
+        if req.source_volume_id.is_empty() {
+            return Err(Error::Missing("source_volume_id").into());
+        }
+        let (storage, level) = snapshot_params(&req.parameters, self.config.snapshot_level)?;
+        let src = VolumeId::parse(&req.source_volume_id)?;
+        let sid = SnapshotId::new(storage.unwrap_or_else(|| src.export.clone()), &req.name);
+        let key = sid.to_string();
+        let _guard = self.inflight.acquire(&[format!("snap:{key}")])?;
+        let (src_root, _) = self.exports.ready(&src.export).await?;
+        let (store_root, _) = self.exports.ready(&sid.export).await?;
+        self.exports.remember(&sid.export).await?;
+        let fs = self.exports.timeouts().fs;
+        let (name, source_id, skey, subdir) = (
+            req.name.clone(),
+            req.source_volume_id.clone(),
+            sid.key.clone(),
+            src.subdir.clone(),
+        );
+        let (sr, st) = (src_root.clone(), store_root.clone());
+        let state = offload::run("start snapshot", fs, move || {
+            let meta = Meta::open(&sr, false)?;
+            let source = match &meta {
+                Some(m) => m.record(&subdir)?,
+                None => None,
+            };
+            match source {
+                None => return Err(Error::NotFound(source_id.clone()).into()),
+                Some(r) if !r.populated => {
+                    return Err(Error::SourceNotReady(source_id.clone()).into());
+                }
+                Some(_) => {}
+            }
+            let store =
+                Store::open(&st, &skey, true)?.ok_or(Error::Missing("snapshot directory"))?;
+            let state = store.state()?;
+            let other = match &state {
+                State::Ready(m) => Some(&m.source_volume_id),
+                State::Pending(j) => Some(&j.source_volume_id),
+                State::Absent => None,
+            };
+            if let Some(existing) = other
+                && *existing != source_id
+            {
+                return Err(Error::SnapshotExists {
+                    name,
+                    existing: existing.clone(),
+                }
+                .into());
+            }
+            if let State::Absent = state {
+                let job = snapshot::Job::new(&name, &source_id, level);
+                store.start(&job)?;
+                return Ok::<_, crate::grpc::status::Error>(State::Pending(job));
+            }
+            Ok(state)
+        })
+        .await??;
+        let job_meta = match state {
+            State::Ready(m) => {
+                return Ok(csi::CreateSnapshotResponse {
+                    snapshot: Some(snapshot_ready(&sid, &m)),
+                });
+            }
+            State::Pending(j) => j,
+            State::Absent => return Err(Error::Missing("snapshot job").into()),
+        };
+        let threads = self.config.snapshot_threads;
+        let (sr, st, skey, subdir, jm) = (
+            src_root,
+            store_root.clone(),
+            sid.key.clone(),
+            src.subdir.clone(),
+            job_meta.clone(),
+        );
+        let job = self.jobs.start(&key, move |cancel| {
+            let run = || -> Result<snapshot::Manifest> {
+                let src_dir = DirFd::open_root(&sr)?
+                    .walk(&subdir)?
+                    .ok_or_else(|| Error::NotFound(jm.source_volume_id.clone()))?;
+                let store =
+                    Store::open(&st, &skey, false)?.ok_or(Error::Missing("snapshot directory"))?;
+                Ok(snapshot::create_archive(
+                    &src_dir,
+                    &store,
+                    &jm,
+                    snapshot::ArchiveOptions {
+                        level: jm.level,
+                        threads,
+                    },
+                    cancel,
+                )?)
+            };
+            let start = std::time::Instant::now();
+            match run() {
+                Ok(m) => {
+                    let secs = start.elapsed().as_secs_f64();
+                    let metrics = crate::sys::metrics::get();
+                    metrics.snapshot_bytes.inc_by(m.size_bytes);
+                    metrics.snapshot_archive_bytes.inc_by(m.archive_bytes);
+                    metrics.snapshot_seconds.observe(secs);
+                    metrics
+                        .snapshot_throughput
+                        .set(m.size_bytes as f64 / secs.max(1e-6));
+                    tracing::info!(
+                        snapshot = %m.name,
+                        bytes = m.size_bytes,
+                        archive_bytes = m.archive_bytes,
+                        files = m.file_count,
+                        seconds = secs,
+                        "snapshot ready"
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(crate::grpc::status::chain(&e)),
+            }
+        });
+        // Small volumes finish at once; larger ones report ready_to_use
+        // false and the sidecar calls again.
+        match self.jobs.outcome(&key, &job, Duration::from_secs(2)).await {
+            Some(Ok(())) => {
+                let skey = sid.key.clone();
+                let m = offload::run("read manifest", fs, move || {
+                    Ok::<_, crate::grpc::status::Error>(
+                        Store::open(&store_root, &skey, false)?
+                            .and_then(|s| s.manifest().transpose()),
+                    )
+                })
+                .await??
+                .transpose()?
+                .ok_or(Error::Missing("snapshot manifest"))?;
+                Ok(csi::CreateSnapshotResponse {
+                    snapshot: Some(snapshot_ready(&sid, &m)),
+                })
+            }
+            Some(Err(msg)) => Err(Error::JobFailed(format!("snapshot {}: {msg}", req.name)).into()),
+            None => Ok(csi::CreateSnapshotResponse {
+                snapshot: Some(snapshot_pending(&sid, &job_meta)),
+            }),
+        }
+    }
+
+    pub(super) async fn delete_snapshot(
+        &self,
+        req: csi::DeleteSnapshotRequest,
+    ) -> Result<csi::DeleteSnapshotResponse> {
+        if req.snapshot_id.is_empty() {
+            return Err(Error::Missing("snapshot_id").into());
+        }
+        let Ok(sid) = SnapshotId::parse(&req.snapshot_id) else {
+            return Ok(csi::DeleteSnapshotResponse {});
+        };
+        let key = sid.to_string();
+        let _guard = self.inflight.acquire(&[format!("snap:{key}")])?;
+        if let Some(job) = self.jobs.get(&key) {
+            job.cancel();
+            let _ = job.wait(Duration::from_secs(30)).await;
+            self.jobs.remove(&key);
+        }
+        let (root, _) = self.exports.ready(&sid.export).await?;
+        let skey = sid.key.clone();
+        offload::run("delete snapshot", self.exports.timeouts().fs, move || {
+            if let Some(dir) = Store::snapshots_dir(&root, false)? {
+                dir.remove_tree(OsStr::new(&skey))?;
+            }
+            Ok::<_, crate::grpc::status::Error>(())
+        })
+        .await??;
+        tracing::info!(snapshot_id = %key, "snapshot deleted");
+        Ok(csi::DeleteSnapshotResponse {})
+    }
+}
