@@ -80,7 +80,7 @@ pub(super) fn resume_point(
         .position(|e| token_digest(e) == digest)
         .ok_or_else(bad)?;
     if entry.contains('/') || !entry_ok(entry) {
-        return Err(bad().into());
+        return Err(bad());
     }
     Ok((idx, Some(entry.to_string())))
 }
@@ -155,7 +155,7 @@ impl ControllerService {
         req: csi::ListSnapshotsRequest,
     ) -> Result<csi::ListSnapshotsResponse> {
         if req.max_entries < 0 {
-            return Err(Error::NegativeMaxEntries.into());
+            return Err(Error::NegativeMaxEntries);
         }
         let max = if req.max_entries == 0 {
             usize::MAX
@@ -170,7 +170,7 @@ impl ControllerService {
             let (root, _) = self.exports.ready(&sid.export).await?;
             let s = sid.clone();
             let found = offload::run("read snapshot", fs, move || {
-                Ok::<_, crate::grpc::status::Error>(match Store::open(&root, &s.key, false)? {
+                Ok::<_, Error>(match Store::open(&root, &s.key, false)? {
                     None => None,
                     Some(store) => match store.state()? {
                         State::Ready(m) => Some(snapshot_ready(&s, &m)),
@@ -259,7 +259,7 @@ impl ControllerService {
         req: csi::ListVolumesRequest,
     ) -> Result<csi::ListVolumesResponse> {
         if req.max_entries < 0 {
-            return Err(Error::NegativeMaxEntries.into());
+            return Err(Error::NegativeMaxEntries);
         }
         let max = if req.max_entries == 0 {
             usize::MAX

@@ -109,6 +109,23 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    // The lower layers' errors met on the way, passed through unchanged.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::Error),
+    #[error(transparent)]
+    Fs(#[from] crate::sys::safefs::Error),
+    #[error(transparent)]
+    Mount(#[from] crate::sys::mount::Error),
+    #[error(transparent)]
+    Export(#[from] crate::storage::export::Error),
+    #[error(transparent)]
+    Offload(#[from] crate::sys::offload::Error),
+    #[error(transparent)]
+    Busy(#[from] crate::sys::inflight::Busy),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::Error),
+    #[error(transparent)]
+    Tree(#[from] crate::tree::Error),
 }
 
 pub struct ControllerService {
@@ -139,7 +156,7 @@ impl ControllerService {
     }
 }
 
-type Result<T> = std::result::Result<T, crate::grpc::status::Error>;
+type Result<T> = std::result::Result<T, Error>;
 
 impl ControllerService {}
 

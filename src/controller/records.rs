@@ -166,13 +166,14 @@ impl Meta {
     pub(super) fn read_record_file(&self, file: &str) -> Result<Option<VolumeRecord>> {
         match self.volumes.read_small(file)? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| {
-                Error::CorruptRecord {
-                    path: self.volumes.path().join(file),
-                    source,
-                }
-                .into()
-            }),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| Error::CorruptRecord {
+                        path: self.volumes.path().join(file),
+                        source,
+                    })
+            }
         }
     }
 
@@ -243,8 +244,7 @@ pub(super) fn create_on_export(
             return Err(conflict(format!(
                 "it was created with directory {existing:?}, this request gives {:?}",
                 subdir.as_str()
-            ))
-            .into());
+            )));
         }
     }
     if let Some(existing) = meta.record(subdir)? {
@@ -253,25 +253,22 @@ pub(super) fn create_on_export(
                 "directory {:?} already belongs to volume {:?}",
                 subdir.as_str(),
                 existing.name
-            ))
-            .into());
+            )));
         }
         if existing.content_source != want.content_source {
             return Err(conflict(format!(
                 "it was created from {:?}, this request gives {:?}",
                 existing.content_source, want.content_source
-            ))
-            .into());
+            )));
         }
         if existing.parameters != want.parameters {
-            return Err(conflict("it was created with other parameters".into()).into());
+            return Err(conflict("it was created with other parameters".into()));
         }
         if !fits(existing.capacity_bytes, capacity) {
             return Err(conflict(format!(
                 "its capacity is {} bytes, outside the requested range",
                 existing.capacity_bytes
-            ))
-            .into());
+            )));
         }
         meta.root.create_all(subdir, existing.mount_permissions)?;
         meta.names
@@ -289,8 +286,7 @@ pub(super) fn create_on_export(
                 quote(&outer.name),
                 quote(&outer.subdir)
             ),
-        }
-        .into());
+        });
     }
     let nested = meta.nested()?;
     if let Some(inner) = meta.volume_below(&nested, subdir)? {
@@ -301,8 +297,7 @@ pub(super) fn create_on_export(
                 quote(&inner.name),
                 quote(&inner.subdir)
             ),
-        }
-        .into());
+        });
     }
     // Noted before the record, so a crash leaves a stale entry at worst.
     meta.add_nested(&nested, subdir)?;
@@ -317,8 +312,7 @@ pub(super) fn create_on_export(
             reason: "it already holds data, and restoring or cloning into it would replace it; \
                      use another subDir"
                 .into(),
-        }
-        .into());
+        });
     }
     meta.save(&want, subdir)?;
     meta.names
@@ -545,7 +539,7 @@ mod tests {
             "{msg}"
         );
         assert_eq!(
-            crate::grpc::status::code(&err),
+            crate::grpc::status::code(&err.into()),
             tonic::Code::FailedPrecondition
         );
         // once a is gone, its directory's parent may become a volume

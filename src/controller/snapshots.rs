@@ -33,8 +33,7 @@ pub(super) fn snapshot_params(
             return Err(Error::SnapshotParameter {
                 name: key.clone(),
                 reason: "unknown; known: server, share, mountedShare, compressionLevel".into(),
-            }
-            .into());
+            });
         }
     }
     let names_export = ["server", "share", "mountedShare"]
@@ -94,10 +93,10 @@ impl ControllerService {
         req: csi::CreateSnapshotRequest,
     ) -> Result<csi::CreateSnapshotResponse> {
         if req.name.is_empty() {
-            return Err(Error::Missing("name").into());
+            return Err(Error::Missing("name"));
         }
         if req.source_volume_id.is_empty() {
-            return Err(Error::Missing("source_volume_id").into());
+            return Err(Error::Missing("source_volume_id"));
         }
         let (storage, level) = snapshot_params(&req.parameters, self.config.snapshot_level)?;
         let src = VolumeId::parse(&req.source_volume_id)?;
@@ -122,9 +121,9 @@ impl ControllerService {
                 None => None,
             };
             match source {
-                None => return Err(Error::NotFound(source_id.clone()).into()),
+                None => return Err(Error::NotFound(source_id.clone())),
                 Some(r) if !r.populated => {
-                    return Err(Error::SourceNotReady(source_id.clone()).into());
+                    return Err(Error::SourceNotReady(source_id.clone()));
                 }
                 Some(_) => {}
             }
@@ -142,13 +141,12 @@ impl ControllerService {
                 return Err(Error::SnapshotExists {
                     name,
                     existing: existing.clone(),
-                }
-                .into());
+                });
             }
             if let State::Absent = state {
                 let job = snapshot::Job::new(&name, &source_id, level);
                 store.start(&job)?;
-                return Ok::<_, crate::grpc::status::Error>(State::Pending(job));
+                return Ok::<_, Error>(State::Pending(job));
             }
             Ok(state)
         })
@@ -160,7 +158,7 @@ impl ControllerService {
                 });
             }
             State::Pending(j) => j,
-            State::Absent => return Err(Error::Missing("snapshot job").into()),
+            State::Absent => return Err(Error::Missing("snapshot job")),
         };
         let threads = self.config.snapshot_threads;
         let (sr, st, skey, subdir, jm) = (
@@ -209,7 +207,7 @@ impl ControllerService {
                     );
                     Ok(())
                 }
-                Err(e) => Err(crate::grpc::status::chain(&e)),
+                Err(e) => Err(crate::sys::text::chain(&e)),
             }
         });
         // Small volumes finish at once; larger ones report ready_to_use
@@ -218,7 +216,7 @@ impl ControllerService {
             Some(Ok(())) => {
                 let skey = sid.key.clone();
                 let m = offload::run("read manifest", fs, move || {
-                    Ok::<_, crate::grpc::status::Error>(
+                    Ok::<_, Error>(
                         Store::open(&store_root, &skey, false)?
                             .and_then(|s| s.manifest().transpose()),
                     )
@@ -230,7 +228,7 @@ impl ControllerService {
                     snapshot: Some(snapshot_ready(&sid, &m)),
                 })
             }
-            Some(Err(msg)) => Err(Error::JobFailed(format!("snapshot {}: {msg}", req.name)).into()),
+            Some(Err(msg)) => Err(Error::JobFailed(format!("snapshot {}: {msg}", req.name))),
             None => Ok(csi::CreateSnapshotResponse {
                 snapshot: Some(snapshot_pending(&sid, &job_meta)),
             }),
@@ -242,7 +240,7 @@ impl ControllerService {
         req: csi::DeleteSnapshotRequest,
     ) -> Result<csi::DeleteSnapshotResponse> {
         if req.snapshot_id.is_empty() {
-            return Err(Error::Missing("snapshot_id").into());
+            return Err(Error::Missing("snapshot_id"));
         }
         let Ok(sid) = SnapshotId::parse(&req.snapshot_id) else {
             return Ok(csi::DeleteSnapshotResponse {});
@@ -260,7 +258,7 @@ impl ControllerService {
             if let Some(dir) = Store::snapshots_dir(&root, false)? {
                 dir.remove_tree(OsStr::new(&skey))?;
             }
-            Ok::<_, crate::grpc::status::Error>(())
+            Ok::<_, Error>(())
         })
         .await??;
         tracing::info!(snapshot_id = %key, "snapshot deleted");

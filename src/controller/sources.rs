@@ -92,7 +92,7 @@ impl ControllerService {
                 let (root, _) = self.exports.ready(&sid.export).await?;
                 let key = sid.key.clone();
                 let state = offload::run("read snapshot", fs, move || {
-                    Ok::<_, crate::grpc::status::Error>(match Store::open(&root, &key, false)? {
+                    Ok::<_, Error>(match Store::open(&root, &key, false)? {
                         None => (State::Absent, root),
                         Some(store) => (store.state()?, root),
                     })
@@ -108,17 +108,17 @@ impl ControllerService {
                         i64::try_from(m.size_bytes).unwrap_or(i64::MAX),
                     ),
                     (State::Pending(_), _) => {
-                        return Err(Error::SnapshotNotReady(s.snapshot_id.clone()).into());
+                        return Err(Error::SnapshotNotReady(s.snapshot_id.clone()));
                     }
                     (State::Absent, _) => {
-                        return Err(Error::SnapshotNotFound(s.snapshot_id.clone()).into());
+                        return Err(Error::SnapshotNotFound(s.snapshot_id.clone()));
                     }
                 }
             }
             Some(Type::Volume(v)) => {
                 let (vid, rec, _) = self.existing(&v.volume_id).await?;
                 if !rec.populated {
-                    return Err(Error::SourceNotReady(v.volume_id.clone()).into());
+                    return Err(Error::SourceNotReady(v.volume_id.clone()));
                 }
                 if vid.export == dest.export
                     && (vid.subdir.as_str() == dest.subdir.as_str()
@@ -135,8 +135,7 @@ impl ControllerService {
                         "a clone's directory {:?} cannot contain or be inside its source {:?}",
                         dest.subdir.as_str(),
                         vid.subdir.as_str()
-                    ))
-                    .into());
+                    )));
                 }
                 let (root, _) = self.exports.ready(&vid.export).await?;
                 (
@@ -148,14 +147,13 @@ impl ControllerService {
                     rec.capacity_bytes,
                 )
             }
-            None => return Err(Error::ContentSource.into()),
+            None => return Err(Error::ContentSource),
         };
         if required > 0 && required < bytes {
             return Err(Error::TooSmall {
                 required,
                 source_bytes: bytes,
-            }
-            .into());
+            });
         }
         Ok(Populate { id, from, bytes })
     }
@@ -181,7 +179,7 @@ impl ControllerService {
                 ContentOrigin::Snapshot { .. } => crate::sys::metrics::outcome(&m.restores, &res),
                 ContentOrigin::Volume { .. } => crate::sys::metrics::outcome(&m.clones, &res),
             }
-            res.map_err(|e| crate::grpc::status::chain(&e))
+            res.map_err(|e| crate::sys::text::chain(&e))
         });
         // Wait as long as the caller does; the job goes on if it gives up.
         match self
@@ -199,14 +197,14 @@ impl ControllerService {
                         discard_on_export(&root, &subdir)
                     })
                     .await;
-                if let Err(e) | Ok(Err(e)) = cleanup.map_err(crate::grpc::status::Error::from) {
+                if let Err(e) | Ok(Err(e)) = cleanup.map_err(Error::from) {
                     tracing::error!(volume_id = %id, error = %e, "cannot discard the failed volume");
                 }
-                Err(Error::JobFailed(format!("populating volume {id}: {msg}")).into())
+                Err(Error::JobFailed(format!("populating volume {id}: {msg}")))
             }
-            None => {
-                Err(Error::JobFailed(format!("populating volume {id} is still running")).into())
-            }
+            None => Err(Error::JobFailed(format!(
+                "populating volume {id} is still running"
+            ))),
         }
     }
 }

@@ -87,7 +87,7 @@ impl ControllerService {
         req: csi::CreateVolumeRequest,
     ) -> Result<csi::CreateVolumeResponse> {
         if req.name.is_empty() {
-            return Err(Error::Missing("name").into());
+            return Err(Error::Missing("name"));
         }
         let flags = check_caps(&req.volume_capabilities)?;
         let capacity = range(req.capacity_range.as_ref())?;
@@ -162,7 +162,7 @@ impl ControllerService {
         req: csi::DeleteVolumeRequest,
     ) -> Result<csi::DeleteVolumeResponse> {
         if req.volume_id.is_empty() {
-            return Err(Error::Missing("volume_id").into());
+            return Err(Error::Missing("volume_id"));
         }
         let id = match VolumeId::parse(&req.volume_id) {
             Ok(id) => id,
@@ -193,12 +193,12 @@ impl ControllerService {
         let job = self.jobs.start(&key, move |_| {
             delete_on_export(&root, &subdir)
                 .map(|done| tracing::info!(volume_id = %vid, "{done}"))
-                .map_err(|e| crate::grpc::status::chain(&e))
+                .map_err(|e| crate::sys::text::chain(&e))
         });
         let fs = self.exports.timeouts().fs;
         match self.jobs.outcome(&key, &job, fs).await {
             Some(Ok(())) => Ok(csi::DeleteVolumeResponse {}),
-            Some(Err(msg)) => Err(Error::JobFailed(format!("deleting volume {id}: {msg}")).into()),
+            Some(Err(msg)) => Err(Error::JobFailed(format!("deleting volume {id}: {msg}"))),
             None => Err(offload::Error::TimedOut {
                 what: format!("deleting volume {id} (still going on; retry)"),
                 secs: fs.as_secs(),
@@ -213,7 +213,7 @@ impl ControllerService {
         volume_id: &str,
     ) -> Result<(VolumeId, VolumeRecord, VolumeCondition)> {
         if volume_id.is_empty() {
-            return Err(Error::Missing("volume_id").into());
+            return Err(Error::Missing("volume_id"));
         }
         let id = VolumeId::parse(volume_id)?;
         let (root, _) = self.exports.ready(&id.export).await?;
@@ -225,15 +225,13 @@ impl ControllerService {
                 let Some(meta) = Meta::open(&root, false)? else {
                     return Ok(None);
                 };
-                Ok::<_, crate::grpc::status::Error>(
-                    meta.record(&subdir)?.map(|r| (r, meta.condition(&subdir))),
-                )
+                Ok::<_, Error>(meta.record(&subdir)?.map(|r| (r, meta.condition(&subdir))))
             },
         )
         .await??;
         match found {
             Some((rec, cond)) => Ok((id, rec, cond)),
-            None => Err(Error::NotFound(volume_id.to_string()).into()),
+            None => Err(Error::NotFound(volume_id.to_string())),
         }
     }
 
@@ -242,10 +240,10 @@ impl ControllerService {
         req: csi::ValidateVolumeCapabilitiesRequest,
     ) -> Result<csi::ValidateVolumeCapabilitiesResponse> {
         if req.volume_id.is_empty() {
-            return Err(Error::Missing("volume_id").into());
+            return Err(Error::Missing("volume_id"));
         }
         if req.volume_capabilities.is_empty() {
-            return Err(Error::Missing("volume_capabilities").into());
+            return Err(Error::Missing("volume_capabilities"));
         }
         self.existing(&req.volume_id).await?;
         match check_caps(&req.volume_capabilities) {
@@ -264,7 +262,7 @@ impl ControllerService {
                     message: e.to_string(),
                 })
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 
@@ -281,7 +279,7 @@ impl ControllerService {
                 Some(volume_capability::AccessType::Mount(m)) => {
                     flags.extend(m.mount_flags.clone())
                 }
-                None => return Err(Error::NoAccessType.into()),
+                None => return Err(Error::NoAccessType),
             }
         }
         params::check_known(&req.parameters)?;
@@ -308,10 +306,10 @@ impl ControllerService {
         req: csi::ControllerExpandVolumeRequest,
     ) -> Result<csi::ControllerExpandVolumeResponse> {
         if req.volume_id.is_empty() {
-            return Err(Error::Missing("volume_id").into());
+            return Err(Error::Missing("volume_id"));
         }
         if req.capacity_range.is_none() {
-            return Err(Error::Missing("capacity_range").into());
+            return Err(Error::Missing("capacity_range"));
         }
         if let Some(cap) = &req.volume_capability {
             check_caps(std::slice::from_ref(cap))?;
@@ -332,14 +330,13 @@ impl ControllerService {
                 return Err(Error::CannotShrink {
                     limit,
                     current: rec.capacity_bytes,
-                }
-                .into());
+                });
             }
             if want > rec.capacity_bytes {
                 rec.capacity_bytes = want;
                 meta.save(&rec, &subdir)?;
             }
-            Ok::<_, crate::grpc::status::Error>(rec.capacity_bytes)
+            Ok::<_, Error>(rec.capacity_bytes)
         })
         .await??;
         Ok(csi::ControllerExpandVolumeResponse {
@@ -353,19 +350,19 @@ impl ControllerService {
         req: csi::ControllerGetVolumeRequest,
     ) -> Result<csi::ControllerGetVolumeResponse> {
         if req.volume_id.is_empty() {
-            return Err(Error::Missing("volume_id").into());
+            return Err(Error::Missing("volume_id"));
         }
         let id = VolumeId::parse(&req.volume_id)?;
         let (volume, condition) = match self.existing(&req.volume_id).await {
             Ok((id, rec, cond)) => (to_volume(&id, rec.capacity_bytes), cond),
-            Err(crate::grpc::status::Error::Export(e)) => (
+            Err(Error::Export(e)) => (
                 to_volume(&id, 0),
                 VolumeCondition {
                     abnormal: true,
                     message: e.to_string(),
                 },
             ),
-            Err(crate::grpc::status::Error::Offload(e)) => (
+            Err(Error::Offload(e)) => (
                 to_volume(&id, 0),
                 VolumeCondition {
                     abnormal: true,

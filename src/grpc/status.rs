@@ -83,68 +83,116 @@ fn fs_code(e: &safefs::Error) -> Code {
     }
 }
 
+fn storage_code(e: &storage::Error) -> Code {
+    match e {
+        storage::Error::InvalidId { .. } => Code::NotFound,
+        _ => Code::InvalidArgument,
+    }
+}
+
+fn export_code(e: &export::Error) -> Code {
+    match e {
+        export::Error::NotResponding { .. } => Code::Unavailable,
+        export::Error::Missing { .. } => Code::FailedPrecondition,
+        export::Error::Mount { source, .. } => mount_code(source),
+        export::Error::State { .. } => Code::Internal,
+    }
+}
+
+fn offload_code(e: &offload::Error) -> Code {
+    match e {
+        offload::Error::Panicked { .. } => Code::Internal,
+        _ => Code::Unavailable,
+    }
+}
+
+fn snapshot_code(e: &snapshot::Error) -> Code {
+    match e {
+        snapshot::Error::InvalidId { .. } => Code::NotFound,
+        snapshot::Error::Checksum { .. } => Code::DataLoss,
+        snapshot::Error::Tree(t) => tree_code(t),
+        snapshot::Error::Fs(f) => fs_code(f),
+        snapshot::Error::Io { .. } | snapshot::Error::BadJson(..) => Code::Internal,
+    }
+}
+
+fn hostpath_code(e: &hostpath::Error) -> Code {
+    match e {
+        hostpath::Error::NotBelow { .. } | hostpath::Error::Symlink { .. } => Code::InvalidArgument,
+        hostpath::Error::NotADirectory { .. } => Code::FailedPrecondition,
+        hostpath::Error::Io { source, .. } => errno_code(*source),
+    }
+}
+
+fn controller_code(e: &controller::Error) -> Code {
+    use controller::Error as C;
+    match e {
+        C::Missing(_)
+        | C::Block
+        | C::NoAccessType
+        | C::NoAccessMode
+        | C::BadRange(_)
+        | C::ContentSource
+        | C::NegativeMaxEntries => Code::InvalidArgument,
+        C::NotFound(_) | C::SnapshotNotFound(_) => Code::NotFound,
+        C::SnapshotNotReady(_) | C::SourceNotReady(_) => Code::Unavailable,
+        C::TooSmall { .. } | C::CannotShrink { .. } => Code::OutOfRange,
+        C::SnapshotExists { .. } => Code::AlreadyExists,
+        C::JobFailed(_) => Code::Internal,
+        C::DirInUse { .. } => Code::FailedPrecondition,
+        C::SnapshotParameter { .. } => Code::InvalidArgument,
+        C::AlreadyExists { .. } => Code::AlreadyExists,
+        C::BadToken(_) => Code::Aborted,
+        C::CorruptRecord { .. } => Code::Internal,
+        C::Storage(e) => storage_code(e),
+        C::Fs(e) => fs_code(e),
+        C::Mount(e) => mount_code(e),
+        C::Export(e) => export_code(e),
+        C::Offload(e) => offload_code(e),
+        C::Busy(_) => Code::Aborted,
+        C::Snapshot(e) => snapshot_code(e),
+        C::Tree(e) => tree_code(e),
+    }
+}
+
+fn node_code(e: &node::Error) -> Code {
+    use node::Error as N;
+    match e {
+        N::Missing(_) | N::Block | N::InlineDisabled | N::InlineParameter { .. } => {
+            Code::InvalidArgument
+        }
+        N::InlineServer(_) => Code::PermissionDenied,
+        N::NotStaged { .. } | N::WrongStage { .. } | N::SingleWriter { .. } => {
+            Code::FailedPrecondition
+        }
+        N::Conflict { .. } => Code::AlreadyExists,
+        N::NotMounted { .. } | N::NoVolumeAt { .. } => Code::NotFound,
+        N::NotEmpty { .. } | N::NotReadOnly { .. } => Code::Internal,
+        N::Storage(e) => storage_code(e),
+        N::Fs(e) => fs_code(e),
+        N::Mount(e) => mount_code(e),
+        N::Export(e) => export_code(e),
+        N::Offload(e) => offload_code(e),
+        N::Busy(_) => Code::Aborted,
+        N::HostPath(e) => hostpath_code(e),
+        N::MountOption(_) => Code::InvalidArgument,
+    }
+}
+
 /// The gRPC code for an error.
 pub fn code(err: &Error) -> Code {
-    use controller::Error as C;
-    use node::Error as N;
     match err {
-        Error::Volume(storage::Error::InvalidId { .. }) => Code::NotFound,
-        Error::Volume(_) => Code::InvalidArgument,
+        Error::Volume(e) => storage_code(e),
         Error::Fs(e) => fs_code(e),
         Error::Mount(e) => mount_code(e),
-        Error::Export(export::Error::NotResponding { .. }) => Code::Unavailable,
-        Error::Export(export::Error::Missing { .. }) => Code::FailedPrecondition,
-        Error::Export(export::Error::Mount { source, .. }) => mount_code(source),
-        Error::Export(export::Error::State { .. }) => Code::Internal,
-        Error::Offload(offload::Error::Panicked { .. }) => Code::Internal,
-        Error::Offload(_) => Code::Unavailable,
+        Error::Export(e) => export_code(e),
+        Error::Offload(e) => offload_code(e),
         Error::Busy(_) => Code::Aborted,
-        Error::Controller(e) => match e {
-            C::Missing(_)
-            | C::Block
-            | C::NoAccessType
-            | C::NoAccessMode
-            | C::BadRange(_)
-            | C::ContentSource
-            | C::NegativeMaxEntries => Code::InvalidArgument,
-            C::NotFound(_) | C::SnapshotNotFound(_) => Code::NotFound,
-            C::SnapshotNotReady(_) | C::SourceNotReady(_) => Code::Unavailable,
-            C::TooSmall { .. } | C::CannotShrink { .. } => Code::OutOfRange,
-            C::SnapshotExists { .. } => Code::AlreadyExists,
-            C::JobFailed(_) => Code::Internal,
-            C::DirInUse { .. } => Code::FailedPrecondition,
-            C::SnapshotParameter { .. } => Code::InvalidArgument,
-            C::AlreadyExists { .. } => Code::AlreadyExists,
-            C::BadToken(_) => Code::Aborted,
-            C::CorruptRecord { .. } => Code::Internal,
-        },
-        Error::Node(e) => match e {
-            N::Missing(_) | N::Block | N::InlineDisabled | N::InlineParameter { .. } => {
-                Code::InvalidArgument
-            }
-            N::InlineServer(_) => Code::PermissionDenied,
-            N::NotStaged { .. } | N::WrongStage { .. } | N::SingleWriter { .. } => {
-                Code::FailedPrecondition
-            }
-            N::Conflict { .. } => Code::AlreadyExists,
-            N::NotMounted { .. } | N::NoVolumeAt { .. } => Code::NotFound,
-            N::NotEmpty { .. } | N::NotReadOnly { .. } => Code::Internal,
-        },
-        Error::Snapshot(e) => match e {
-            snapshot::Error::InvalidId { .. } => Code::NotFound,
-            snapshot::Error::Checksum { .. } => Code::DataLoss,
-            snapshot::Error::Tree(t) => tree_code(t),
-            snapshot::Error::Fs(f) => fs_code(f),
-            snapshot::Error::Io { .. } | snapshot::Error::BadJson(..) => Code::Internal,
-        },
+        Error::Controller(e) => controller_code(e),
+        Error::Node(e) => node_code(e),
+        Error::Snapshot(e) => snapshot_code(e),
         Error::Tree(t) => tree_code(t),
-        Error::HostPath(e) => match e {
-            hostpath::Error::NotBelow { .. } | hostpath::Error::Symlink { .. } => {
-                Code::InvalidArgument
-            }
-            hostpath::Error::NotADirectory { .. } => Code::FailedPrecondition,
-            hostpath::Error::Io { source, .. } => errno_code(*source),
-        },
+        Error::HostPath(e) => hostpath_code(e),
         Error::MountOption(_) => Code::InvalidArgument,
     }
 }
@@ -205,36 +253,34 @@ pub fn to_status(err: impl Into<Error>) -> Status {
     Status::new(code, message)
 }
 
-/// The module an error comes from, for the errors metric.
+/// The module an error comes from, for the errors metric: a lower
+/// layer's error counts as that layer's, whichever service met it.
 fn kind(err: &Error) -> &'static str {
+    use controller::Error as C;
+    use node::Error as N;
     match err {
-        Error::Volume(_) | Error::MountOption(_) => "request",
-        Error::HostPath(_) => "path",
-        Error::Fs(_) | Error::Tree(_) => "filesystem",
-        Error::Mount(_) => "mount",
-        Error::Export(_) => "export",
-        Error::Offload(_) => "timeout",
-        Error::Busy(_) => "busy",
+        Error::Volume(_)
+        | Error::MountOption(_)
+        | Error::Controller(C::Storage(_))
+        | Error::Node(N::Storage(_) | N::MountOption(_)) => "request",
+        Error::HostPath(_) | Error::Node(N::HostPath(_)) => "path",
+        Error::Fs(_)
+        | Error::Tree(_)
+        | Error::Controller(C::Fs(_) | C::Tree(_))
+        | Error::Node(N::Fs(_)) => "filesystem",
+        Error::Mount(_) | Error::Controller(C::Mount(_)) | Error::Node(N::Mount(_)) => "mount",
+        Error::Export(_) | Error::Controller(C::Export(_)) | Error::Node(N::Export(_)) => "export",
+        Error::Offload(_) | Error::Controller(C::Offload(_)) | Error::Node(N::Offload(_)) => {
+            "timeout"
+        }
+        Error::Busy(_) | Error::Controller(C::Busy(_)) | Error::Node(N::Busy(_)) => "busy",
+        Error::Snapshot(_) | Error::Controller(C::Snapshot(_)) => "snapshot",
         Error::Controller(_) => "controller",
         Error::Node(_) => "node",
-        Error::Snapshot(_) => "snapshot",
     }
 }
 
-/// The error and its sources, joined.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let part = e.to_string();
-        if !s.contains(&part) {
-            s.push_str(": ");
-            s.push_str(&part);
-        }
-        cur = e.source();
-    }
-    s
-}
+pub use crate::sys::text::chain;
 
 #[cfg(test)]
 mod tests {

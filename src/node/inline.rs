@@ -20,7 +20,7 @@ impl NodeService {
         flags: &[String],
     ) -> Result<csi::NodePublishVolumeResponse> {
         if !self.config.allow_inline {
-            return Err(Error::InlineDisabled.into());
+            return Err(Error::InlineDisabled);
         }
         let (source, options) = self.inline_source(&req.volume_context, flags, req.readonly)?;
         let _guard = self
@@ -86,8 +86,7 @@ impl NodeService {
                 return Err(Error::InlineParameter {
                     key: key.clone(),
                     reason,
-                }
-                .into());
+                });
             }
         }
         let get = |k: &'static str| {
@@ -98,7 +97,7 @@ impl NodeService {
         };
         let server = get("server")?;
         if !self.config.inline_servers.iter().any(|s| s == server) {
-            return Err(Error::InlineServer(server.clone()).into());
+            return Err(Error::InlineServer(server.clone()));
         }
         for o in mountopts::split(flags) {
             mountopts::check_inline(&o)?;

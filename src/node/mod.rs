@@ -35,7 +35,7 @@ use crate::config::Config;
 use crate::grpc::csi::v1::{
     self as csi, NodeServiceCapability, node_server::Node, node_service_capability,
 };
-use crate::grpc::status::{Error as DriverError, respond};
+use crate::grpc::status::respond;
 use crate::storage::ids::RelPath;
 use crate::sys::inflight::InFlight;
 use crate::sys::mount::Mounter;
@@ -92,9 +92,26 @@ pub enum Error {
     InlineServer(String),
     #[error("inline volume attribute {key:?}: {reason}")]
     InlineParameter { key: String, reason: String },
+    // The lower layers' errors met on the way, passed through unchanged.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::Error),
+    #[error(transparent)]
+    Fs(#[from] crate::sys::safefs::Error),
+    #[error(transparent)]
+    Mount(#[from] crate::sys::mount::Error),
+    #[error(transparent)]
+    Export(#[from] crate::storage::export::Error),
+    #[error(transparent)]
+    Offload(#[from] crate::sys::offload::Error),
+    #[error(transparent)]
+    Busy(#[from] crate::sys::inflight::Busy),
+    #[error(transparent)]
+    HostPath(#[from] crate::sys::hostpath::Error),
+    #[error(transparent)]
+    MountOption(#[from] crate::sys::mountopts::Error),
 }
 
-type Result<T> = std::result::Result<T, DriverError>;
+type Result<T> = std::result::Result<T, Error>;
 
 pub struct NodeService {
     config: Arc<Config>,
@@ -153,8 +170,7 @@ impl Outcome {
             Outcome::Conflict(reason) => Err(Error::Conflict {
                 path: path.to_path_buf(),
                 reason,
-            }
-            .into()),
+            }),
         }
     }
 }

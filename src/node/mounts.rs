@@ -6,7 +6,6 @@ use std::path::Path;
 
 use nix::errno::Errno;
 
-use crate::grpc::status::Error as DriverError;
 use crate::sys::hostpath::{self, HostPath};
 use crate::sys::mount::{MountEntry, Mounter};
 use crate::sys::offload::{self};
@@ -41,13 +40,11 @@ pub(super) fn mounted_at<'t>(
                 "the mount there is shown at {} in the mount table; is --kubelet-dir a symlink?",
                 e.mount_point.display()
             ),
-        }
-        .into()),
+        }),
         None => Err(Error::Conflict {
             path: hp.path().to_path_buf(),
             reason: "the mount there is not in the mount table".into(),
-        }
-        .into()),
+        }),
     }
 }
 
@@ -111,8 +108,8 @@ impl NodeService {
                 Err(hostpath::Error::Io {
                     source: Errno::ENOTEMPTY,
                     ..
-                }) => Err(Error::NotEmpty { path: p }.into()),
-                other => Ok::<_, DriverError>(other?),
+                }) => Err(Error::NotEmpty { path: p }),
+                other => Ok::<_, Error>(other?),
             }
         })
         .await?

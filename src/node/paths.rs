@@ -44,7 +44,7 @@ impl NodeService {
     /// checked when the path is opened (see `hostpath`).
     pub(super) fn path(&self, what: &'static str, s: &str) -> Result<PathBuf> {
         if s.is_empty() {
-            return Err(Error::Missing(what).into());
+            return Err(Error::Missing(what));
         }
         let p = absolute_path(what, s)?;
         hostpath::check_below(&self.base(), &p)?;

@@ -27,8 +27,8 @@ pub(super) fn mount_flags(cap: Option<&VolumeCapability>) -> Result<Vec<String>>
     let cap = cap.ok_or(Error::Missing("volume_capability"))?;
     match &cap.access_type {
         Some(volume_capability::AccessType::Mount(m)) => Ok(m.mount_flags.clone()),
-        Some(volume_capability::AccessType::Block(_)) => Err(Error::Block.into()),
-        None => Err(Error::Missing("volume_capability.access_type").into()),
+        Some(volume_capability::AccessType::Block(_)) => Err(Error::Block),
+        None => Err(Error::Missing("volume_capability.access_type")),
     }
 }
 
@@ -38,7 +38,7 @@ impl NodeService {
         req: csi::NodePublishVolumeRequest,
     ) -> Result<csi::NodePublishVolumeResponse> {
         if req.volume_id.is_empty() {
-            return Err(Error::Missing("volume_id").into());
+            return Err(Error::Missing("volume_id"));
         }
         let target = self.path("target_path", &req.target_path)?;
         let flags = mount_flags(req.volume_capability.as_ref())?;
@@ -68,8 +68,7 @@ impl NodeService {
                     return Err(Error::WrongStage {
                         staging: stg.clone(),
                         found: stage.source.clone(),
-                    }
-                    .into());
+                    });
                 }
                 let thp = resolve(&base, &tgt, true)?;
                 with_dir(&thp, |tdir| {
@@ -95,8 +94,7 @@ impl NodeService {
                     {
                         return Err(Error::SingleWriter {
                             other: other.mount_point.clone(),
-                        }
-                        .into());
+                        });
                     }
                     m.attach_bind((&sdir).into(), tdir.into(), ro)?;
                     Ok(Outcome::Done)
@@ -123,8 +121,7 @@ impl NodeService {
         self.teardown(target).await?;
         Err(Error::NotReadOnly {
             path: target.to_path_buf(),
-        }
-        .into())
+        })
     }
 
     pub(super) async fn unpublish(
@@ -132,7 +129,7 @@ impl NodeService {
         req: csi::NodeUnpublishVolumeRequest,
     ) -> Result<csi::NodeUnpublishVolumeResponse> {
         if req.volume_id.is_empty() {
-            return Err(Error::Missing("volume_id").into());
+            return Err(Error::Missing("volume_id"));
         }
         let target = self.path("target_path", &req.target_path)?;
         let _guard = self

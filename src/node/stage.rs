@@ -78,7 +78,7 @@ impl NodeService {
         req: csi::NodeStageVolumeRequest,
     ) -> Result<csi::NodeStageVolumeResponse> {
         if req.volume_id.is_empty() {
-            return Err(Error::Missing("volume_id").into());
+            return Err(Error::Missing("volume_id"));
         }
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let flags = mount_flags(req.volume_capability.as_ref())?;
@@ -133,7 +133,7 @@ impl NodeService {
         req: csi::NodeUnstageVolumeRequest,
     ) -> Result<csi::NodeUnstageVolumeResponse> {
         if req.volume_id.is_empty() {
-            return Err(Error::Missing("volume_id").into());
+            return Err(Error::Missing("volume_id"));
         }
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let _guard = self

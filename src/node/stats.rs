@@ -6,7 +6,6 @@ use std::path::Path;
 use nix::errno::Errno;
 
 use crate::grpc::csi::v1::{self as csi, VolumeCondition};
-use crate::grpc::status::Error as DriverError;
 use crate::storage::ids::absolute_path;
 use crate::sys::hostpath::{self};
 use crate::sys::safefs::{self};
@@ -50,10 +49,10 @@ impl NodeService {
         req: csi::NodeGetVolumeStatsRequest,
     ) -> Result<csi::NodeGetVolumeStatsResponse> {
         if req.volume_id.is_empty() {
-            return Err(Error::Missing("volume_id").into());
+            return Err(Error::Missing("volume_id"));
         }
         if req.volume_path.is_empty() {
-            return Err(Error::Missing("volume_path").into());
+            return Err(Error::Missing("volume_path"));
         }
         // A path that is not a clean absolute one names nothing there is.
         let no_volume = || Error::NoVolumeAt {
@@ -62,8 +61,8 @@ impl NodeService {
         let path = absolute_path("volume_path", &req.volume_path).map_err(|_| no_volume())?;
         hostpath::check_below(&self.base(), &path)?;
         match self.find_mount(&path).await? {
-            None => return Err(no_volume().into()),
-            Some(None) => return Err(Error::NotMounted { path }.into()),
+            None => return Err(no_volume()),
+            Some(None) => return Err(Error::NotMounted { path }),
             Some(Some(_)) => {}
         }
         let secs = self.config.stats_timeout.as_secs().max(1);
@@ -104,7 +103,7 @@ impl NodeService {
                     message: format!("statvfs failed: {e}"),
                 },
             ),
-            Err(DriverError::Offload(_)) => (
+            Err(Error::Offload(_)) => (
                 vec![],
                 VolumeCondition {
                     abnormal: true,

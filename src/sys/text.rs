@@ -20,3 +20,18 @@ pub fn short(s: &str) -> std::borrow::Cow<'_, str> {
         Some((cut, _)) => format!("{}…({} bytes)", &s[..cut], s.len()).into(),
     }
 }
+
+/// The error and its sources, joined.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let part = e.to_string();
+        if !s.contains(&part) {
+            s.push_str(": ");
+            s.push_str(&part);
+        }
+        cur = e.source();
+    }
+    s
+}
