@@ -150,7 +150,7 @@ pub(super) fn list_export(
 }
 
 impl ControllerService {
-    pub(super) async fn list_snapshots(
+    pub(crate) async fn list_snapshots(
         &self,
         req: csi::ListSnapshotsRequest,
     ) -> Result<csi::ListSnapshotsResponse> {
@@ -254,7 +254,7 @@ impl ControllerService {
         }
     }
 
-    pub(super) async fn list(
+    pub(crate) async fn list(
         &self,
         req: csi::ListVolumesRequest,
     ) -> Result<csi::ListVolumesResponse> {

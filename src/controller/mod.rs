@@ -7,34 +7,32 @@
 //! symlink followed, nothing outside the export) on the blocking pool under
 //! a timeout; two calls on one volume at once get ABORTED.
 //!
-//! What lives here: this file holds the service, its errors and the tonic
-//! `Controller` trait (thin: one call per RPC). `volumes` creates, deletes,
+//! What lives here: this file holds the service and its errors (its own,
+//! and the lower layers' it meets, passed through; `grpc::status` maps
+//! them to codes); the tonic trait is `grpc::controller`, one call per RPC
+//! into the methods here. `volumes` creates, deletes,
 //! expands, gets and validates volumes; `sources` fills a new volume from a
 //! snapshot or a volume; `snapshots` creates and deletes snapshots;
 //! `listing` pages ListVolumes and ListSnapshots; `records` keeps the
 //! `.nfs-csi/` records on an export.
 //!
 //! May depend on: `storage`, `sys`, `config` and (until phase 2 of issue 12
-//! moves it to `archive/`) `snapshot`/`tree`. Still naming `grpc::status`
-//! (its error type and `respond`): see docs/architecture.md.
+//! moves it to `archive/`) `snapshot`/`tree`, and the generated CSI types
+//! (`grpc::csi`, the vocabulary of every RPC). Never on the rest of `grpc`
+//! (only the unit tests ask `grpc::status` which code an error gets).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
-use tracing::instrument;
-
 use crate::config::Config;
 use crate::grpc::csi::v1::{
-    self as csi, ControllerServiceCapability, controller_server::Controller,
-    controller_service_capability,
+    self as csi, ControllerServiceCapability, controller_service_capability,
 };
-use crate::grpc::status::respond;
 use crate::storage::export::{ExportSpec, Exports};
 use crate::sys::inflight::InFlight;
 use crate::sys::jobs::Jobs;
-use crate::sys::text::{quote, short};
+use crate::sys::text::quote;
 
 mod listing;
 mod records;
@@ -160,61 +158,9 @@ type Result<T> = std::result::Result<T, Error>;
 
 impl ControllerService {}
 
-fn capability(t: controller_service_capability::rpc::Type) -> ControllerServiceCapability {
-    ControllerServiceCapability {
-        r#type: Some(controller_service_capability::Type::Rpc(
-            controller_service_capability::Rpc { r#type: t as i32 },
-        )),
-    }
-}
-
-#[tonic::async_trait]
-impl Controller for ControllerService {
-    #[instrument(skip_all, fields(name = %short(&request.get_ref().name)))]
-    async fn create_volume(
-        &self,
-        request: Request<csi::CreateVolumeRequest>,
-    ) -> std::result::Result<Response<csi::CreateVolumeResponse>, Status> {
-        respond(self.create(request.into_inner())).await
-    }
-
-    #[instrument(skip_all, fields(volume_id = %short(&request.get_ref().volume_id)))]
-    async fn delete_volume(
-        &self,
-        request: Request<csi::DeleteVolumeRequest>,
-    ) -> std::result::Result<Response<csi::DeleteVolumeResponse>, Status> {
-        respond(self.delete(request.into_inner())).await
-    }
-
-    #[instrument(skip_all, fields(volume_id = %short(&request.get_ref().volume_id)))]
-    async fn validate_volume_capabilities(
-        &self,
-        request: Request<csi::ValidateVolumeCapabilitiesRequest>,
-    ) -> std::result::Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
-        respond(self.validate(request.into_inner())).await
-    }
-
-    #[instrument(skip_all, fields(token = %short(&request.get_ref().starting_token)))]
-    async fn list_volumes(
-        &self,
-        request: Request<csi::ListVolumesRequest>,
-    ) -> std::result::Result<Response<csi::ListVolumesResponse>, Status> {
-        respond(self.list(request.into_inner())).await
-    }
-
-    #[instrument(skip_all)]
-    async fn get_capacity(
-        &self,
-        request: Request<csi::GetCapacityRequest>,
-    ) -> std::result::Result<Response<csi::GetCapacityResponse>, Status> {
-        respond(self.capacity(request.into_inner())).await
-    }
-
-    #[instrument(skip_all)]
-    async fn controller_get_capabilities(
-        &self,
-        _request: Request<csi::ControllerGetCapabilitiesRequest>,
-    ) -> std::result::Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
+impl ControllerService {
+    /// What ControllerGetCapabilities answers.
+    pub fn capabilities() -> csi::ControllerGetCapabilitiesResponse {
         use controller_service_capability::rpc::Type;
         let capabilities = [
             Type::CreateDeleteVolume,
@@ -231,60 +177,14 @@ impl Controller for ControllerService {
         .into_iter()
         .map(capability)
         .collect();
-        Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
-            capabilities,
-        }))
+        csi::ControllerGetCapabilitiesResponse { capabilities }
     }
+}
 
-    #[instrument(skip_all, fields(name = %short(&request.get_ref().name), source = %short(&request.get_ref().source_volume_id)))]
-    async fn create_snapshot(
-        &self,
-        request: Request<csi::CreateSnapshotRequest>,
-    ) -> std::result::Result<Response<csi::CreateSnapshotResponse>, Status> {
-        respond(ControllerService::create_snapshot(
-            self,
-            request.into_inner(),
-        ))
-        .await
-    }
-
-    #[instrument(skip_all, fields(snapshot_id = %short(&request.get_ref().snapshot_id)))]
-    async fn delete_snapshot(
-        &self,
-        request: Request<csi::DeleteSnapshotRequest>,
-    ) -> std::result::Result<Response<csi::DeleteSnapshotResponse>, Status> {
-        respond(ControllerService::delete_snapshot(
-            self,
-            request.into_inner(),
-        ))
-        .await
-    }
-
-    #[instrument(skip_all, fields(snapshot_id = %short(&request.get_ref().snapshot_id), source = %short(&request.get_ref().source_volume_id)))]
-    async fn list_snapshots(
-        &self,
-        request: Request<csi::ListSnapshotsRequest>,
-    ) -> std::result::Result<Response<csi::ListSnapshotsResponse>, Status> {
-        respond(ControllerService::list_snapshots(
-            self,
-            request.into_inner(),
-        ))
-        .await
-    }
-
-    #[instrument(skip_all, fields(volume_id = %short(&request.get_ref().volume_id)))]
-    async fn controller_expand_volume(
-        &self,
-        request: Request<csi::ControllerExpandVolumeRequest>,
-    ) -> std::result::Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
-        respond(self.expand(request.into_inner())).await
-    }
-
-    #[instrument(skip_all, fields(volume_id = %short(&request.get_ref().volume_id)))]
-    async fn controller_get_volume(
-        &self,
-        request: Request<csi::ControllerGetVolumeRequest>,
-    ) -> std::result::Result<Response<csi::ControllerGetVolumeResponse>, Status> {
-        respond(self.get(request.into_inner())).await
+fn capability(t: controller_service_capability::rpc::Type) -> ControllerServiceCapability {
+    ControllerServiceCapability {
+        r#type: Some(controller_service_capability::Type::Rpc(
+            controller_service_capability::Rpc { r#type: t as i32 },
+        )),
     }
 }

@@ -88,7 +88,7 @@ pub(super) fn snapshot_pending(id: &SnapshotId, j: &snapshot::Job) -> csi::Snaps
 }
 
 impl ControllerService {
-    pub(super) async fn create_snapshot(
+    pub(crate) async fn create_snapshot(
         &self,
         req: csi::CreateSnapshotRequest,
     ) -> Result<csi::CreateSnapshotResponse> {
@@ -235,7 +235,7 @@ impl ControllerService {
         }
     }
 
-    pub(super) async fn delete_snapshot(
+    pub(crate) async fn delete_snapshot(
         &self,
         req: csi::DeleteSnapshotRequest,
     ) -> Result<csi::DeleteSnapshotResponse> {

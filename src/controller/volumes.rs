@@ -82,7 +82,7 @@ pub(super) fn to_volume(id: &VolumeId, capacity: i64) -> csi::Volume {
 }
 
 impl ControllerService {
-    pub(super) async fn create(
+    pub(crate) async fn create(
         &self,
         req: csi::CreateVolumeRequest,
     ) -> Result<csi::CreateVolumeResponse> {
@@ -157,7 +157,7 @@ impl ControllerService {
         })
     }
 
-    pub(super) async fn delete(
+    pub(crate) async fn delete(
         &self,
         req: csi::DeleteVolumeRequest,
     ) -> Result<csi::DeleteVolumeResponse> {
@@ -235,7 +235,7 @@ impl ControllerService {
         }
     }
 
-    pub(super) async fn validate(
+    pub(crate) async fn validate(
         &self,
         req: csi::ValidateVolumeCapabilitiesRequest,
     ) -> Result<csi::ValidateVolumeCapabilitiesResponse> {
@@ -266,7 +266,7 @@ impl ControllerService {
         }
     }
 
-    pub(super) async fn capacity(
+    pub(crate) async fn capacity(
         &self,
         req: csi::GetCapacityRequest,
     ) -> Result<csi::GetCapacityResponse> {
@@ -301,7 +301,7 @@ impl ControllerService {
         })
     }
 
-    pub(super) async fn expand(
+    pub(crate) async fn expand(
         &self,
         req: csi::ControllerExpandVolumeRequest,
     ) -> Result<csi::ControllerExpandVolumeResponse> {
@@ -345,7 +345,7 @@ impl ControllerService {
         })
     }
 
-    pub(super) async fn get(
+    pub(crate) async fn get(
         &self,
         req: csi::ControllerGetVolumeRequest,
     ) -> Result<csi::ControllerGetVolumeResponse> {

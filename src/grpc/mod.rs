@@ -1,8 +1,14 @@
 //! The edge: the gRPC server and everything that speaks gRPC.
 //!
 //! - `server`: the unix socket, the services, signals and shutdown.
+//! - `controller`, `node`: the tonic traits, thin: one call per RPC into
+//!   `crate::controller` / `crate::node`, each in a span naming its volume
+//!   or snapshot, its result turned into a reply or a status by `respond`.
+//!   They live here, not beside the services, so that the services never
+//!   name the status mapping (it names their errors).
 //! - `status`: the one mapping from errors to gRPC codes (as the CSI spec
-//!   prescribes them), and the reply helper that logs each call's result.
+//!   prescribes them), matching on the services' errors and the lower
+//!   errors they wrap, and the reply helper that logs each call's result.
 //! - `metrics`: the tower layer that counts and times every call, and the
 //!   `/metrics` endpoint (the registry itself is `sys::metrics`).
 //! - `csi`: the CSI v1 types and services generated from `proto/csi.proto`.
@@ -10,12 +16,13 @@
 //! May depend on everything below it: `controller`, `node`, `identity`,
 //! `storage`, `sys`, and `config`.
 //!
-//! Still to do (issue 12): `controller` and `node` name `status` (its error
-//! type and `respond`), an import that runs upward; the generated `csi`
-//! types are the vocabulary every RPC layer speaks and are named from all
-//! of them.
+//! The generated `csi` types are the vocabulary every RPC layer speaks, so
+//! `controller`, `node`, `identity` and `cli` name them; nothing below
+//! `grpc` names any other part of it.
 
+pub mod controller;
 pub mod csi;
 pub mod metrics;
+pub mod node;
 pub mod server;
 pub mod status;

@@ -14,28 +14,26 @@
 //! may touch an NFS server runs on the blocking pool under a timeout; a
 //! mount whose server does not answer is detached lazily.
 //!
-//! What lives here: this file holds the service, its errors and the tonic
-//! `Node` trait (thin: one call per RPC); `paths` checks request paths,
+//! What lives here: this file holds the service and its errors (its own,
+//! and the lower layers' it meets, passed through; `grpc::status` maps
+//! them to codes); the tonic trait is `grpc::node`, one call per RPC into
+//! the methods here. `paths` checks request paths,
 //! `mounts` finds and tears down one volume's mounts, `stage`, `publish`,
 //! `stats` and `inline` hold the RPCs' work.
 //!
 //! May depend on: `storage` (ids, exports), `sys` (hostpath, mount,
-//! mountopts, offload, inflight, safefs) and `config`. Still naming
-//! `grpc::status` (its error type and `respond`): see docs/architecture.md.
+//! mountopts, offload, inflight, safefs), `config`, and the generated CSI
+//! types (`grpc::csi`, the vocabulary of every RPC). Never on the rest of
+//! `grpc` (only the unit tests ask `grpc::status` which code an error gets).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use tonic::{Request, Response, Status};
-use tracing::instrument;
 
 use crate::config::Config;
-use crate::grpc::csi::v1::{
-    self as csi, NodeServiceCapability, node_server::Node, node_service_capability,
-};
-use crate::grpc::status::respond;
+use crate::grpc::csi::v1::{self as csi, NodeServiceCapability, node_service_capability};
 use crate::storage::ids::RelPath;
 use crate::sys::inflight::InFlight;
 use crate::sys::mount::Mounter;
@@ -175,61 +173,9 @@ impl Outcome {
     }
 }
 
-fn node_capability(t: node_service_capability::rpc::Type) -> NodeServiceCapability {
-    NodeServiceCapability {
-        r#type: Some(node_service_capability::Type::Rpc(
-            node_service_capability::Rpc { r#type: t as i32 },
-        )),
-    }
-}
-
-#[tonic::async_trait]
-impl Node for NodeService {
-    #[instrument(skip_all, fields(volume_id = %crate::sys::text::short(&request.get_ref().volume_id)))]
-    async fn node_stage_volume(
-        &self,
-        request: Request<csi::NodeStageVolumeRequest>,
-    ) -> std::result::Result<Response<csi::NodeStageVolumeResponse>, Status> {
-        respond(self.stage(request.into_inner())).await
-    }
-
-    #[instrument(skip_all, fields(volume_id = %crate::sys::text::short(&request.get_ref().volume_id)))]
-    async fn node_unstage_volume(
-        &self,
-        request: Request<csi::NodeUnstageVolumeRequest>,
-    ) -> std::result::Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
-        respond(self.unstage(request.into_inner())).await
-    }
-
-    #[instrument(skip_all, fields(volume_id = %crate::sys::text::short(&request.get_ref().volume_id)))]
-    async fn node_publish_volume(
-        &self,
-        request: Request<csi::NodePublishVolumeRequest>,
-    ) -> std::result::Result<Response<csi::NodePublishVolumeResponse>, Status> {
-        respond(self.publish(request.into_inner())).await
-    }
-
-    #[instrument(skip_all, fields(volume_id = %crate::sys::text::short(&request.get_ref().volume_id)))]
-    async fn node_unpublish_volume(
-        &self,
-        request: Request<csi::NodeUnpublishVolumeRequest>,
-    ) -> std::result::Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
-        respond(self.unpublish(request.into_inner())).await
-    }
-
-    #[instrument(skip_all, fields(volume_id = %crate::sys::text::short(&request.get_ref().volume_id)))]
-    async fn node_get_volume_stats(
-        &self,
-        request: Request<csi::NodeGetVolumeStatsRequest>,
-    ) -> std::result::Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
-        respond(self.stats(request.into_inner())).await
-    }
-
-    #[instrument(skip_all)]
-    async fn node_get_capabilities(
-        &self,
-        _request: Request<csi::NodeGetCapabilitiesRequest>,
-    ) -> std::result::Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
+impl NodeService {
+    /// What NodeGetCapabilities answers.
+    pub fn capabilities() -> csi::NodeGetCapabilitiesResponse {
         use node_service_capability::rpc::Type;
         let capabilities = [
             Type::StageUnstageVolume,
@@ -240,21 +186,24 @@ impl Node for NodeService {
         .into_iter()
         .map(node_capability)
         .collect();
-        Ok(Response::new(csi::NodeGetCapabilitiesResponse {
-            capabilities,
-        }))
+        csi::NodeGetCapabilitiesResponse { capabilities }
     }
 
-    #[instrument(skip_all)]
-    async fn node_get_info(
-        &self,
-        _request: Request<csi::NodeGetInfoRequest>,
-    ) -> std::result::Result<Response<csi::NodeGetInfoResponse>, Status> {
-        Ok(Response::new(csi::NodeGetInfoResponse {
+    /// What NodeGetInfo answers.
+    pub fn info(&self) -> csi::NodeGetInfoResponse {
+        csi::NodeGetInfoResponse {
             node_id: self.config.node_id.clone(),
             max_volumes_per_node: 0,
             accessible_topology: None,
-        }))
+        }
+    }
+}
+
+fn node_capability(t: node_service_capability::rpc::Type) -> NodeServiceCapability {
+    NodeServiceCapability {
+        r#type: Some(node_service_capability::Type::Rpc(
+            node_service_capability::Rpc { r#type: t as i32 },
+        )),
     }
 }
 

@@ -33,7 +33,7 @@ pub(super) fn mount_flags(cap: Option<&VolumeCapability>) -> Result<Vec<String>>
 }
 
 impl NodeService {
-    pub(super) async fn publish(
+    pub(crate) async fn publish(
         &self,
         req: csi::NodePublishVolumeRequest,
     ) -> Result<csi::NodePublishVolumeResponse> {
@@ -124,7 +124,7 @@ impl NodeService {
         })
     }
 
-    pub(super) async fn unpublish(
+    pub(crate) async fn unpublish(
         &self,
         req: csi::NodeUnpublishVolumeRequest,
     ) -> Result<csi::NodeUnpublishVolumeResponse> {

@@ -73,7 +73,7 @@ impl NodeService {
         })
     }
 
-    pub(super) async fn stage(
+    pub(crate) async fn stage(
         &self,
         req: csi::NodeStageVolumeRequest,
     ) -> Result<csi::NodeStageVolumeResponse> {
@@ -128,7 +128,7 @@ impl NodeService {
         Ok(csi::NodeStageVolumeResponse {})
     }
 
-    pub(super) async fn unstage(
+    pub(crate) async fn unstage(
         &self,
         req: csi::NodeUnstageVolumeRequest,
     ) -> Result<csi::NodeUnstageVolumeResponse> {

@@ -44,7 +44,7 @@ impl NodeService {
             .await?)
     }
 
-    pub(super) async fn stats(
+    pub(crate) async fn stats(
         &self,
         req: csi::NodeGetVolumeStatsRequest,
     ) -> Result<csi::NodeGetVolumeStatsResponse> {

@@ -12,12 +12,13 @@
 //! - `offload`: blocking work on tokio's blocking pool under a timeout.
 //! - `inflight`: one operation per key at a time.
 //! - `jobs`: background jobs and their outcomes.
-//! - `text`: how much of an untrusted input a message quotes.
+//! - `text`: how much of an untrusted input a message quotes; an error and
+//!   its sources joined into one line.
 //! - `metrics`: the Prometheus registry every layer counts in.
 //!
 //! May depend on: std and external crates, and other `sys` modules. Nothing
 //! here imports from `controller`, `node`, `grpc` or `cli`. One import still
-//! runs upward: `safefs` walks a `volume::RelPath` (the checked relative
+//! runs upward: `safefs` walks a `storage::ids::RelPath` (the checked relative
 //! path, whose rules know the driver's reserved directory); moving it down
 //! needs its own error type and is left for a later step.
 
