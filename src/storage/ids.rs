@@ -89,6 +89,12 @@ impl RelPath {
     }
 }
 
+impl crate::sys::safefs::CheckedRelPath for RelPath {
+    fn checked_components(&self) -> impl Iterator<Item = &OsStr> {
+        self.components()
+    }
+}
+
 /// What DeleteVolume does with the directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -17,10 +17,9 @@
 //! - `metrics`: the Prometheus registry every layer counts in.
 //!
 //! May depend on: std and external crates, and other `sys` modules. Nothing
-//! here imports from `controller`, `node`, `grpc` or `cli`. One import still
-//! runs upward: `safefs` walks a `storage::ids::RelPath` (the checked relative
-//! path, whose rules know the driver's reserved directory); moving it down
-//! needs its own error type and is left for a later step.
+//! here imports from `storage`, `controller`, `node`, `grpc` or `cli`
+//! (`safefs` walks any `CheckedRelPath`; `storage::ids::RelPath` is the one
+//! the driver checks; only unit tests name it).
 
 pub mod command;
 pub mod hostpath;

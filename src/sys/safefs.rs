@@ -21,10 +21,17 @@ use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, RenameFlags, openat, renameat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
 
-use crate::storage::ids::RelPath;
-
 /// Largest metadata file read back (records are a few hundred bytes).
 const MAX_SMALL_FILE: usize = 1 << 20;
+
+/// A relative path already checked to be safe below a directory: not
+/// absolute, no `.`, `..` or empty component, no NUL. `walk` and
+/// `create_all` take one without knowing how it was checked; the driver's
+/// one is `storage::ids::RelPath` (the only way a request names a directory
+/// below an export), so this module needs nothing from the layers above.
+pub trait CheckedRelPath {
+    fn checked_components(&self) -> impl Iterator<Item = &OsStr>;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -166,9 +173,9 @@ impl DirFd {
     }
 
     /// Walks `rel` from this directory; `Ok(None)` when a component is missing.
-    pub fn walk(&self, rel: &RelPath) -> Result<Option<DirFd>> {
+    pub fn walk(&self, rel: &impl CheckedRelPath) -> Result<Option<DirFd>> {
         let mut cur: Option<DirFd> = None;
-        for comp in rel.components() {
+        for comp in rel.checked_components() {
             let next = match &cur {
                 None => self.child(comp)?,
                 Some(d) => d.child(comp)?,
@@ -185,8 +192,12 @@ impl DirFd {
     /// get mode 0755; the last one gets `leaf_mode` exactly (chmod, not
     /// umask) when given, else 0777 less the umask. Returns the leaf and
     /// whether it was created by this call.
-    pub fn create_all(&self, rel: &RelPath, leaf_mode: Option<u32>) -> Result<(DirFd, bool)> {
-        let comps: Vec<&OsStr> = rel.components().collect();
+    pub fn create_all(
+        &self,
+        rel: &impl CheckedRelPath,
+        leaf_mode: Option<u32>,
+    ) -> Result<(DirFd, bool)> {
+        let comps: Vec<&OsStr> = rel.checked_components().collect();
         let mut cur: Option<DirFd> = None;
         let mut created = false;
         for (i, comp) in comps.iter().enumerate() {
@@ -479,6 +490,7 @@ pub fn fs_stats(path: &Path) -> std::result::Result<FsStats, Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::ids::RelPath;
     use std::fs;
     use std::os::unix::fs::{PermissionsExt, symlink};
 
