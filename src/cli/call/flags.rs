@@ -74,7 +74,7 @@ pub struct Secrets {
     /// An entry of the secrets map (repeatable). Never printed; note that
     /// command lines are visible to other users of this host.
     #[arg(long = "secret", value_name = "KEY=VALUE")]
-    pub(super) secret: Vec<String>,
+    secret: Vec<String>,
 }
 
 impl Secrets {
@@ -168,4 +168,44 @@ pub(super) fn capacity(required: Option<i64>, limit: Option<i64>) -> Option<csi:
         required_bytes: required.unwrap_or(0),
         limit_bytes: limit.unwrap_or(0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_quantities() {
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("1Mi"), Ok(1 << 20));
+        assert_eq!(parse_bytes("2Gi"), Ok(2 << 30));
+        assert_eq!(parse_bytes("5G"), Ok(5_000_000_000));
+        assert_eq!(parse_bytes("3k"), Ok(3000));
+        assert!(parse_bytes("").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("1.5Gi").is_err());
+        assert!(parse_bytes("1Xi").is_err());
+        assert!(parse_bytes("9999999Pi").is_err());
+    }
+
+    #[test]
+    fn key_values() {
+        assert_eq!(parse_kv("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert_eq!(parse_kv("a="), Ok(("a".into(), String::new())));
+        assert!(parse_kv("=b").is_err());
+        assert!(parse_kv("ab").is_err());
+        let twice = [("a".into(), "1".into()), ("a".into(), "2".into())];
+        assert!(matches!(map("parameter", &twice), Err(Failure::Usage(_))));
+    }
+
+    #[test]
+    fn malformed_secret_is_not_echoed() {
+        let s = Secrets {
+            secret: vec!["ok=1".into(), "hunter2".into()],
+        };
+        let err = s.build().unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("#2"), "{err}");
+    }
 }
