@@ -12,9 +12,15 @@
 //!
 //! Safety assumptions: memory stays flat (files stream through fixed
 //! buffers; zstd's window is bounded by its level). Reading the source never
-//! follows symlinks; restoring treats the archive as hostile (see
-//! `tree::Dest`) and checks its checksum, removing what it wrote when the
-//! archive does not match its manifest.
+//! follows symlinks. Restoring treats the archive as hostile: it is opened
+//! once, by descriptor, and its size and SHA-256 are checked against the
+//! manifest before anything is written (then extracted from the same
+//! descriptor); headers are read with fixed bounds (`reader`), the zstd
+//! window is capped, the data written is bounded by the manifest's size and
+//! the volume's capacity, paths are rebuilt by `tree::Dest`, and whatever
+//! was written is removed when the restore fails.
+
+mod reader;
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -43,6 +49,14 @@ const ID_TAG: &str = "s1";
 const READ_BUF: usize = 256 << 10;
 /// Bytes of input per zstd worker job.
 const JOB_SIZE: u32 = 2 << 20;
+/// Largest zstd window a restore accepts (2^24 = 16 MiB; level 19, the
+/// highest the driver writes, uses 2^23): a hostile frame header cannot make
+/// the decoder allocate more.
+const WINDOW_LOG_MAX: u32 = 24;
+/// Files with more data segments than a restore accepts are archived whole.
+const MAX_SEGMENTS: usize = reader::MAX_SPARSE - 1;
+/// Slack over the manifest's data size a restore may write (1 MiB + 1%).
+const SLACK_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -66,6 +80,12 @@ pub enum Error {
         got: String,
         want: String,
     },
+    #[error("archive {path} is {got} bytes, its manifest says {want}; the snapshot is corrupt")]
+    Length { path: String, got: u64, want: u64 },
+    #[error("the archive is corrupt: {reason}")]
+    Corrupt { reason: String },
+    #[error("the archive is refused: it holds {reason}")]
+    Refused { reason: String },
     #[error("{0} is unreadable: {1}")]
     BadJson(String, serde_json::Error),
 }
@@ -363,6 +383,12 @@ fn append_regular<W: Write>(
     } else {
         vec![(0, size)]
     };
+    // A restore takes at most MAX_SEGMENTS segments (the end marker too).
+    let segments = if segments.len() >= MAX_SEGMENTS {
+        vec![(0, size)]
+    } else {
+        segments
+    };
     if segments == [(0, size)] {
         let mut h = header_for(st, tar::EntryType::Regular);
         h.set_size(size);
@@ -428,6 +454,9 @@ fn data_segments(file: &File, size: u64) -> Vec<(u64, u64)> {
             Err(_) => end,
         };
         out.push((data as u64, (hole - data) as u64));
+        if out.len() >= MAX_SEGMENTS {
+            return vec![(0, size)];
+        }
         off = hole;
     }
     out
@@ -598,48 +627,148 @@ pub fn create_archive(
     Ok(manifest)
 }
 
-/// Restores the archive of `store` into `dest` (an empty directory),
-/// verifying its checksum against `manifest`. Blocking.
+/// What a restore may write.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestoreOptions {
+    pub policy: tree::Policy,
+    /// The new volume's capacity in bytes (0: none); file data beyond it is
+    /// refused.
+    pub capacity: u64,
+}
+
+/// The most file data (apparent sizes, holes included) a restore of
+/// `manifest` may write, and the most entries it may make: what the
+/// manifest records plus a little slack, and never more data than the
+/// volume's capacity.
+pub fn restore_limits(manifest: &Manifest, capacity: u64) -> (u64, u64) {
+    let slack = manifest.size_bytes / 100 + SLACK_BYTES;
+    let mut bytes = manifest.size_bytes.saturating_add(slack);
+    if capacity > 0 {
+        bytes = bytes.min(capacity);
+    }
+    let entries = manifest
+        .file_count
+        .saturating_add(manifest.file_count / 100 + 16);
+    (bytes, entries)
+}
+
+/// The SHA-256 of the first `len` bytes of `file`, read through a fixed
+/// buffer.
+fn hash_file(file: &File, len: u64, path: &str, cancel: &AtomicBool) -> Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; READ_BUF];
+    let mut hash = Sha256::new();
+    let mut pos = 0u64;
+    while pos < len {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(tree::Error::Cancelled.into());
+        }
+        let want = (len - pos).min(buf.len() as u64) as usize;
+        let n = file
+            .read_at(&mut buf[..want], pos)
+            .map_err(ioe("read archive"))?;
+        if n == 0 {
+            return Err(Error::Length {
+                path: path.to_string(),
+                got: pos,
+                want: len,
+            });
+        }
+        hash.update(&buf[..n]);
+        pos += n as u64;
+    }
+    Ok(hex::encode(hash.finalize()))
+}
+
+/// Restores the archive of `store` into `dest` (an empty directory). The
+/// archive is opened once; its size and SHA-256 are checked against
+/// `manifest` before anything is written, then it is extracted from the
+/// same descriptor (and hashed again on the way: a file changed meanwhile
+/// fails too). On failure, whatever was written is removed. Blocking.
 pub fn restore(
     store: &Store,
     manifest: &Manifest,
     dest: DirFd,
-    allow_devices: bool,
+    opts: RestoreOptions,
     cancel: &AtomicBool,
 ) -> Result<(u64, u64)> {
-    let path = store.dir.path().join(ARCHIVE);
+    use std::io::{Seek, SeekFrom};
+    let path = store.dir.path().join(ARCHIVE).display().to_string();
     let fd = openat(
         store.dir.fd(),
         ARCHIVE,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
         Mode::empty(),
     )
     .map_err(|e| Error::Io {
-        what: format!("open {}", path.display()),
+        what: format!("open {path}"),
         source: e.into(),
     })?;
-    let reader = HashingReader {
-        inner: BufReader::with_capacity(1 << 20, File::from(fd)),
-        hash: Sha256::new(),
-    };
-    let root = dest.try_clone()?;
-    let mut decoder =
-        zstd::stream::read::Decoder::with_buffer(BufReader::new(reader)).map_err(ioe("zstd"))?;
-    let out = extract(&mut decoder, Dest::new(dest, allow_devices), cancel);
-    // Hash the rest (tar padding, zstd epilogue) before comparing.
-    let _ = std::io::copy(&mut decoder, &mut std::io::sink());
-    let mut reader = decoder.finish().into_inner();
-    let _ = std::io::copy(&mut reader, &mut std::io::sink());
-    let got = hex::encode(reader.hash.finalize());
-    if out.is_ok() && got != manifest.sha256 {
-        empty_dir(&root)?;
-        return Err(Error::Checksum {
-            path: path.display().to_string(),
-            got,
-            want: manifest.sha256.clone(),
+    let mut file = File::from(fd);
+    let st = nix::sys::stat::fstat(&file).map_err(|e| Error::Io {
+        what: format!("stat {path}"),
+        source: e.into(),
+    })?;
+    if tree::kind(&st) != Kind::File {
+        return Err(Error::Corrupt {
+            reason: format!("{path} is not a regular file"),
         });
     }
-    out
+    let want = manifest.archive_bytes;
+    if st.st_size.max(0) as u64 != want {
+        return Err(Error::Length {
+            path,
+            got: st.st_size.max(0) as u64,
+            want,
+        });
+    }
+    let got = hash_file(&file, want, &path, cancel)?;
+    if got != manifest.sha256 {
+        return Err(Error::Checksum {
+            path,
+            got,
+            want: tree::show(manifest.sha256.as_bytes()),
+        });
+    }
+    let root = dest.try_clone()?;
+    let res = (|| {
+        file.seek(SeekFrom::Start(0)).map_err(ioe("seek archive"))?;
+        let hashing = HashingReader {
+            inner: (&file).take(want),
+            hash: Sha256::new(),
+        };
+        let mut decoder =
+            zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 20, hashing))
+                .map_err(ioe("zstd"))?;
+        decoder
+            .window_log_max(WINDOW_LOG_MAX)
+            .map_err(ioe("zstd window"))?;
+        let (bytes, entries) = restore_limits(manifest, opts.capacity);
+        let out = extract(
+            &mut decoder,
+            Dest::new(dest, opts.policy).limits(bytes, entries),
+            cancel,
+        )?;
+        // The rest of the file, raw (whatever follows the tar stream is not
+        // decompressed), completes the second hash.
+        let mut rest = decoder.finish();
+        std::io::copy(&mut rest, &mut std::io::sink()).map_err(ioe("read archive"))?;
+        let again = hex::encode(rest.into_inner().hash.finalize());
+        if again != manifest.sha256 {
+            return Err(Error::Checksum {
+                path: path.clone(),
+                got: again,
+                want: tree::show(manifest.sha256.as_bytes()),
+            });
+        }
+        Ok(out)
+    })();
+    if res.is_err()
+        && let Err(e) = empty_dir(&root)
+    {
+        tracing::error!(error = %e, "cannot remove what a failed restore wrote");
+    }
+    res
 }
 
 /// Removes everything inside `dir`.
@@ -650,79 +779,79 @@ pub fn empty_dir(dir: &DirFd) -> Result<()> {
     Ok(())
 }
 
-/// Extracts a tar stream into `dest`, treating it as hostile. Blocking.
+/// Extracts a tar stream into `dest`, treating it as hostile: headers are
+/// bounded (see `reader`), file data and entries are bounded by `dest`'s
+/// limits (stored data too, so skipped entries cannot stream unbounded
+/// data), and `cancel` is checked between entries and every few MiB inside
+/// them. Blocking.
 pub fn extract(src: &mut dyn Read, mut dest: Dest, cancel: &AtomicBool) -> Result<(u64, u64)> {
-    let mut archive = tar::Archive::new(src);
-    for entry in archive.entries().map_err(ioe("read archive"))? {
-        if cancel.load(Ordering::Relaxed) {
+    use std::io::{Seek, SeekFrom};
+    let cancelled = || cancel.load(Ordering::Relaxed);
+    let mut archive = reader::Reader::new(src);
+    let mut stored = 0u64;
+    while let Some(e) = archive.next_entry(&cancelled)? {
+        if cancelled() {
             return Err(tree::Error::Cancelled.into());
         }
-        let mut entry = entry.map_err(ioe("read archive"))?;
-        let path = entry.path_bytes().into_owned();
-        let h = entry.header();
-        let et = h.entry_type();
-        let mut meta = Meta {
-            mode: h.mode().unwrap_or(0o644) & 0o7777,
-            uid: h.uid().unwrap_or(0) as u32,
-            gid: h.gid().unwrap_or(0) as u32,
-            mtime: h.mtime().unwrap_or(0) as i64,
-            mtime_nsec: 0,
-            xattrs: Vec::new(),
-        };
-        let rdev = match (h.device_major(), h.device_minor()) {
-            (Ok(Some(ma)), Ok(Some(mi))) => nix::sys::stat::makedev(ma as u64, mi as u64),
-            _ => 0,
-        };
-        let link = entry.link_name_bytes().map(|l| l.into_owned());
-        if let Some(exts) = entry.pax_extensions().map_err(ioe("read archive"))? {
-            for ext in exts.flatten() {
-                if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                    meta.xattrs
-                        .push((name.to_vec(), ext.value_bytes().to_vec()));
-                }
+        stored = stored.saturating_add(e.stored);
+        if stored > dest.max_bytes() {
+            return Err(tree::Error::OverLimit {
+                what: "bytes of file data",
+                limit: dest.max_bytes(),
             }
+            .into());
         }
-        let err = |what: &str| {
-            let p = String::from_utf8_lossy(&path).into_owned();
-            let w = what.to_string();
-            move |e: std::io::Error| Error::Io {
-                what: format!("{w} {p}"),
-                source: e,
+        let path = &e.path;
+        let copy_err = |err: std::io::Error| -> Error {
+            if cancelled() {
+                tree::Error::Cancelled.into()
+            } else if err.raw_os_error().is_some() {
+                tree::Error::Stream {
+                    path: format!("extract {}", tree::show(path)),
+                    source: err,
+                }
+                .into()
+            } else {
+                reader::read_error(err)
             }
         };
-        match et {
-            tar::EntryType::Directory => dest.dir(&path, meta)?,
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                let size = entry.size();
-                let mut f = dest.file(&path)?;
-                tree::copy_sparse(&mut entry, &mut f).map_err(err("extract"))?;
-                dest.finish_file(&f, size, &meta, &path)?;
+        let target = || {
+            e.link.clone().ok_or_else(|| Error::Corrupt {
+                reason: format!("link {} has no target", tree::show(path)),
+            })
+        };
+        use tar::EntryType as T;
+        match e.kind {
+            T::Directory => dest.dir(path, e.meta.clone())?,
+            T::Regular | T::Continuous | T::GNUSparse => {
+                let size = e.apparent_size();
+                let mut f = dest.file(path, size)?;
+                match &e.sparse {
+                    None => {
+                        tree::copy_sparse(&mut archive.data(), &mut f, &cancelled)
+                            .map_err(copy_err)?;
+                    }
+                    Some((_, segments)) => {
+                        for (off, len) in segments {
+                            f.seek(SeekFrom::Start(*off)).map_err(copy_err)?;
+                            tree::copy_sparse(&mut archive.data().take(*len), &mut f, &cancelled)
+                                .map_err(copy_err)?;
+                        }
+                    }
+                }
+                dest.finish_file(&f, size, &e.meta, path)?;
             }
-            tar::EntryType::Symlink => {
-                let target = link.ok_or_else(|| Error::Io {
-                    what: "symlink without target".into(),
-                    source: std::io::ErrorKind::InvalidData.into(),
-                })?;
-                dest.symlink(&path, &target, &meta)?;
-            }
-            tar::EntryType::Link => {
-                let target = link.ok_or_else(|| Error::Io {
-                    what: "hard link without target".into(),
-                    source: std::io::ErrorKind::InvalidData.into(),
-                })?;
-                dest.hardlink(&path, &target)?;
-            }
-            tar::EntryType::Fifo => dest.special(&path, Kind::Fifo, 0, &meta)?,
-            tar::EntryType::Char => dest.special(&path, Kind::Char, rdev, &meta)?,
-            tar::EntryType::Block => dest.special(&path, Kind::Block, rdev, &meta)?,
-            tar::EntryType::XGlobalHeader => {}
+            T::Symlink => dest.symlink(path, &target()?, &e.meta)?,
+            T::Link => dest.hardlink(path, &target()?)?,
+            T::Fifo => dest.special(path, Kind::Fifo, 0, &e.meta)?,
+            T::Char => dest.special(path, Kind::Char, e.rdev, &e.meta)?,
+            T::Block => dest.special(path, Kind::Block, e.rdev, &e.meta)?,
             other => {
-                return Err(Error::Io {
-                    what: format!(
-                        "unsupported entry type {other:?} at {}",
-                        String::from_utf8_lossy(&path)
+                return Err(Error::Refused {
+                    reason: format!(
+                        "an entry of unsupported type {other:?} at {}",
+                        tree::show(path)
                     ),
-                    source: std::io::ErrorKind::InvalidData.into(),
                 });
             }
         }
@@ -794,7 +923,7 @@ pub fn clone_tree(
                         } else {
                             let (f, st) = tree::open_file(v.parent, v.name, v.path, v.stat)?;
                             meta.xattrs = tree::read_xattrs(f.as_fd());
-                            let out = d.file(v.path)?;
+                            let out = d.file(v.path, st.st_size.max(0) as u64)?;
                             drop(d);
                             tx.send((f, out, st.st_size as u64, meta, v.path.to_vec()))
                                 .map_err(|_| tree::Error::Cancelled)?;
@@ -1095,7 +1224,7 @@ mod tests {
             &store,
             &m,
             DirFd::open_root(&dst).unwrap(),
-            false,
+            RestoreOptions::default(),
             &AtomicBool::new(false),
         )
         .unwrap();
@@ -1198,7 +1327,7 @@ mod tests {
             &store,
             &m,
             DirFd::open_root(&dst).unwrap(),
-            false,
+            RestoreOptions::default(),
             &AtomicBool::new(false),
         )
         .unwrap_err();
@@ -1215,7 +1344,7 @@ mod tests {
         std::fs::create_dir_all(&dst).unwrap();
         let (files, _) = clone_tree(
             &DirFd::open_root(&src).unwrap(),
-            Dest::new(DirFd::open_root(&dst).unwrap(), false),
+            Dest::new(DirFd::open_root(&dst).unwrap(), tree::Policy::default()),
             4,
             &AtomicBool::new(false),
         )
