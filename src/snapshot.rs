@@ -1393,4 +1393,362 @@ mod tests {
             assert!(SnapshotId::parse(bad).is_err(), "{bad}");
         }
     }
+
+    /// A store holding the archive of `src`, in `t`.
+    fn archived(t: &Path, src: &Path) -> (Store, Manifest) {
+        std::fs::create_dir_all(t.join("store")).unwrap();
+        let store = Store {
+            dir: DirFd::open_root(&t.join("store")).unwrap(),
+        };
+        let m = create_archive(
+            &DirFd::open_root(src).unwrap(),
+            &store,
+            &Job::new("s", "v", 1),
+            ArchiveOptions {
+                level: 1,
+                threads: 1,
+            },
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        (store, m)
+    }
+
+    fn fresh(t: &Path, name: &str) -> (std::path::PathBuf, DirFd) {
+        let p = t.join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        let d = DirFd::open_root(&p).unwrap();
+        (p, d)
+    }
+
+    #[test]
+    fn restore_is_bounded_by_the_capacity_and_removes_what_it_wrote() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a"), vec![1u8; 4096]).unwrap();
+        std::fs::write(src.join("b"), vec![2u8; 4096]).unwrap();
+        let (store, m) = archived(t.path(), &src);
+        let (dst, d) = fresh(t.path(), "dst");
+        let opts = RestoreOptions {
+            capacity: 6000,
+            ..Default::default()
+        };
+        let err = restore(&store, &m, d, opts, &AtomicBool::new(false)).unwrap_err();
+        assert!(
+            matches!(err, Error::Tree(tree::Error::OverLimit { limit: 6000, .. })),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&dst).unwrap().count(),
+            0,
+            "first file kept"
+        );
+        // the capacity that holds it
+        let (dst, d) = fresh(t.path(), "dst2");
+        let opts = RestoreOptions {
+            capacity: 8192,
+            ..Default::default()
+        };
+        restore(&store, &m, d, opts, &AtomicBool::new(false)).unwrap();
+        assert_eq!(std::fs::read(dst.join("b")).unwrap(), vec![2u8; 4096]);
+        // a manifest that understates the data: bounded by it plus slack
+        let mut small = m.clone();
+        small.size_bytes = 10;
+        small.file_count = 2;
+        assert_eq!(restore_limits(&small, 0), (10 + SLACK_BYTES, 2 + 16));
+        assert_eq!(restore_limits(&small, 5).0, 5);
+    }
+
+    /// A tar stream of one `size`-byte file of non-zero data.
+    fn one_big_file(size: u64) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "big", std::io::repeat(7).take(size))
+            .unwrap();
+        b.into_inner().unwrap()
+    }
+
+    /// Reads `inner`, raising `cancel` once `after` bytes were read.
+    struct CancelAfter<'a> {
+        inner: &'a [u8],
+        read: u64,
+        after: u64,
+        cancel: &'a AtomicBool,
+    }
+
+    impl Read for CancelAfter<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read += n as u64;
+            if self.read >= self.after {
+                self.cancel.store(true, Ordering::Relaxed);
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn cancel_stops_a_restore_inside_a_large_entry() {
+        let t = tempfile::tempdir().unwrap();
+        let tar = one_big_file(64 << 20);
+        let cancel = AtomicBool::new(false);
+        let mut src = CancelAfter {
+            inner: &tar,
+            read: 0,
+            after: 8 << 20,
+            cancel: &cancel,
+        };
+        let (_, d) = fresh(t.path(), "dst");
+        let err = extract(&mut src, Dest::new(d, tree::Policy::default()), &cancel).unwrap_err();
+        assert!(matches!(err, Error::Tree(tree::Error::Cancelled)), "{err}");
+        assert!(
+            src.read < 16 << 20,
+            "read {} MiB of 64 after the cancel at 8",
+            src.read >> 20
+        );
+    }
+
+    #[test]
+    fn directory_modes_and_times_survive_what_is_written_inside() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        for d in ["a/b/c", "a/x", "z"] {
+            std::fs::create_dir_all(src.join(d)).unwrap();
+        }
+        std::fs::write(src.join("a/b/c/f"), b"f").unwrap();
+        std::fs::write(src.join("a/x/g"), b"g").unwrap();
+        let dirs = ["a", "a/b", "a/b/c", "a/x", "z"];
+        for (i, d) in dirs.iter().enumerate() {
+            TimeSpecPair::at(1_500_000_000 + i as i64).apply(&src.join(d));
+        }
+        std::fs::set_permissions(src.join("a/b"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        let (store, m) = archived(t.path(), &src);
+        let (dst, d) = fresh(t.path(), "dst");
+        restore(
+            &store,
+            &m,
+            d,
+            RestoreOptions::default(),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        for d in dirs {
+            let (a, b) = (
+                std::fs::metadata(src.join(d)).unwrap(),
+                std::fs::metadata(dst.join(d)).unwrap(),
+            );
+            assert_eq!(a.mtime(), b.mtime(), "{d} mtime");
+            assert_eq!(a.mode(), b.mode(), "{d} mode");
+        }
+    }
+
+    #[test]
+    fn system_xattrs_are_restored_and_cloned_only_when_allowed() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "SKIPPED system_xattrs_are_restored_and_cloned_only_when_allowed: needs root"
+            );
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f"), b"data").unwrap();
+        if !xattr_set(&src.join("f"), "trusted.nfs-csi-test", b"t") {
+            eprintln!(
+                "SKIPPED system_xattrs_are_restored_and_cloned_only_when_allowed: no trusted xattrs here"
+            );
+            return;
+        }
+        let user = xattr_set(&src.join("f"), "user.nfs-csi-test", b"u");
+        let (store, m) = archived(t.path(), &src);
+        for allowed in [false, true] {
+            let policy = tree::Policy {
+                allow_devices: false,
+                system_xattrs: allowed,
+            };
+            let (r, d) = fresh(t.path(), &format!("restored-{allowed}"));
+            let opts = RestoreOptions {
+                policy,
+                capacity: 0,
+            };
+            restore(&store, &m, d, opts, &AtomicBool::new(false)).unwrap();
+            let (c, d) = fresh(t.path(), &format!("cloned-{allowed}"));
+            clone_tree(
+                &DirFd::open_root(&src).unwrap(),
+                Dest::new(d, policy),
+                2,
+                &AtomicBool::new(false),
+            )
+            .unwrap();
+            for out in [r, c] {
+                let f = out.join("f");
+                assert_eq!(
+                    xattr_get(&f, "trusted.nfs-csi-test").is_some(),
+                    allowed,
+                    "{}",
+                    f.display()
+                );
+                if user {
+                    assert_eq!(xattr_get(&f, "user.nfs-csi-test"), Some(b"u".to_vec()));
+                }
+            }
+        }
+    }
+
+    /// A small archive (as a tar stream) with every kind of entry.
+    fn small_tar() -> &'static [u8] {
+        static TAR: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        TAR.get_or_init(|| {
+            let t = tempfile::tempdir().unwrap();
+            let root = t.path();
+            std::fs::create_dir_all(root.join("d/e")).unwrap();
+            std::fs::write(root.join("d/e/f"), b"some text").unwrap();
+            std::fs::hard_link(root.join("d/e/f"), root.join("h")).unwrap();
+            symlink("d/e/f", root.join("l")).unwrap();
+            let long = "y".repeat(130);
+            std::fs::write(root.join(&long), b"long name").unwrap();
+            let f = File::create(root.join("sparse")).unwrap();
+            f.set_len(1 << 20).unwrap();
+            use std::os::unix::fs::FileExt;
+            for i in 0..6u64 {
+                f.write_all_at(b"x", i * 150_000).unwrap();
+            }
+            let _ = xattr_set(&root.join("d/e/f"), "user.k", b"v\n=");
+            let (_, _, tar) = write_tar(
+                &DirFd::open_root(root).unwrap(),
+                Vec::new(),
+                &AtomicBool::new(false),
+            )
+            .unwrap();
+            tar
+        })
+    }
+
+    /// Extracts `data` into a fresh directory with small limits: it must
+    /// restore or fail, never panic or run away.
+    fn extract_any(data: &[u8]) -> Result<(u64, u64)> {
+        let t = tempfile::tempdir().unwrap();
+        let (_, d) = fresh(t.path(), "dst");
+        let dest = Dest::new(d, tree::Policy::default()).limits(64 << 20, 1000);
+        extract(&mut &data[..], dest, &AtomicBool::new(false))
+    }
+
+    #[test]
+    fn the_small_archive_restores_and_its_bounds_hold() {
+        extract_any(small_tar()).unwrap();
+        let mut pax = Vec::new();
+        for (key, size) in [
+            (tar::EntryType::XHeader, reader::MAX_PAX + 1),
+            (tar::EntryType::GNULongName, 5000),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(key);
+            h.set_size(size);
+            h.set_cksum();
+            pax.clear();
+            pax.extend_from_slice(h.as_bytes());
+            pax.resize(pax.len() + size as usize + 1024, b'a');
+            let err = extract_any(&pax).unwrap_err();
+            assert!(matches!(err, Error::Refused { .. }), "{err}");
+        }
+        // a bad header checksum, a truncated entry: corrupt
+        let mut bad = small_tar().to_vec();
+        bad[150] ^= 0x10;
+        assert!(matches!(extract_any(&bad), Err(Error::Corrupt { .. })));
+        let cut = &small_tar()[..2048];
+        let err = extract_any(cut).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_zstd_window_beyond_the_cap_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("store")).unwrap();
+        let store = Store {
+            dir: DirFd::open_root(&t.path().join("store")).unwrap(),
+        };
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+        enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(WINDOW_LOG_MAX + 2))
+            .unwrap();
+        enc.write_all(small_tar()).unwrap();
+        let data = enc.finish().unwrap();
+        std::fs::write(t.path().join("store").join(ARCHIVE), &data).unwrap();
+        let m = Manifest {
+            name: "s".into(),
+            source_volume_id: "v".into(),
+            created_unix: 0,
+            created_nanos: 0,
+            size_bytes: 1 << 20,
+            file_count: 100,
+            archive_bytes: data.len() as u64,
+            sha256: hex::encode(Sha256::digest(&data)),
+            compression: "zstd".into(),
+            level: 1,
+        };
+        let (_, d) = fresh(t.path(), "dst");
+        let err = restore(
+            &store,
+            &m,
+            d,
+            RestoreOptions::default(),
+            &AtomicBool::new(false),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+                let _ = extract_any(&data);
+            }
+
+            #[test]
+            fn mutated_archives_never_panic(
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+                cut in any::<prop::sample::Index>(),
+                truncate in any::<bool>(),
+            ) {
+                let mut data = small_tar().to_vec();
+                for (i, b) in flips {
+                    let i = i.index(data.len());
+                    data[i] = b;
+                }
+                if truncate {
+                    data.truncate(cut.index(data.len()));
+                }
+                let _ = extract_any(&data);
+            }
+
+            #[test]
+            fn arbitrary_archive_files_fail_cleanly(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
+                let t = tempfile::tempdir().unwrap();
+                std::fs::create_dir_all(t.path().join("store")).unwrap();
+                let store = Store { dir: DirFd::open_root(&t.path().join("store")).unwrap() };
+                std::fs::write(t.path().join("store").join(ARCHIVE), &data).unwrap();
+                let m = Manifest {
+                    name: "s".into(), source_volume_id: "v".into(), created_unix: 0,
+                    created_nanos: 0, size_bytes: 1 << 20, file_count: 100,
+                    archive_bytes: data.len() as u64,
+                    sha256: hex::encode(Sha256::digest(&data)),
+                    compression: "zstd".into(), level: 1,
+                };
+                let (dst, d) = fresh(t.path(), "dst");
+                let res = restore(&store, &m, d, RestoreOptions::default(), &AtomicBool::new(false));
+                if res.is_err() {
+                    prop_assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 0);
+                }
+            }
+        }
+    }
 }
