@@ -791,8 +791,7 @@ impl Dest {
 
 /// Copies `src` to `dst` from their current offsets, leaving holes where
 /// the source reads as whole zero blocks. Returns the bytes read. `cancel`
-/// is checked every [`CANCEL_EVERY`] bytes (an error of kind `Interrupted`
-/// with [`CANCELLED`] as its message).
+/// is checked every [`CANCEL_EVERY`] bytes (see [`cancelled`]).
 pub fn copy_sparse(
     src: &mut dyn Read,
     dst: &mut File,
@@ -848,11 +847,9 @@ pub fn copy_sparse(
 
 /// How often long copies check their cancel flag.
 pub const CANCEL_EVERY: u64 = 4 << 20;
-/// The message of the `Interrupted` error that cancellation of a copy is.
-pub const CANCELLED: &str = "cancelled";
-
+/// The error a cancelled copy stops with.
 pub fn cancelled() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::Interrupted, CANCELLED)
+    std::io::Error::new(std::io::ErrorKind::Interrupted, "cancelled")
 }
 
 /// Hard-link bookkeeping: the first path seen for each (device, inode).

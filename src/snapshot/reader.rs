@@ -84,6 +84,8 @@ impl Entry {
 #[derive(Default)]
 struct Pending {
     seen: bool,
+    /// A PAX header was read (one per entry: its records are kept).
+    pax: bool,
     path: Option<Vec<u8>>,
     link: Option<Vec<u8>>,
     size: Option<u64>,
@@ -193,9 +195,13 @@ impl<R: Read> Reader<R> {
             let kind = header.entry_type();
             match kind {
                 EntryType::XHeader => {
+                    if pending.pax {
+                        return Err(corrupt("two PAX headers for one entry"));
+                    }
                     let data = self.small(size, MAX_PAX, "a PAX header")?;
                     self.skip(cancel)?;
                     pending.seen = true;
+                    pending.pax = true;
                     parse_pax(&data, &mut pending)?;
                 }
                 EntryType::XGlobalHeader => {
