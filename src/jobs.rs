@@ -5,7 +5,7 @@
 //! the running job instead of starting a second writer on the same files.
 //! A job's outcome stays until a caller takes it, so a failure is reported
 //! to the next call rather than lost. Jobs can be cancelled; the work checks
-//! the flag between files.
+//! the flag between files and inside large ones.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
