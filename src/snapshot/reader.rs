@@ -23,6 +23,9 @@ pub const MAX_PATH: usize = 4096;
 pub const MAX_PAX: u64 = 64 << 10;
 /// Most data segments of one GNU sparse file (16 bytes each in memory).
 pub const MAX_SPARSE: usize = 1 << 16;
+/// Most extension headers (PAX, GNU long name or link) before one entry:
+/// more is not an archive this driver wrote.
+const MAX_EXTENSIONS: u32 = 8;
 const BLOCK: u64 = 512;
 
 type Result<T> = std::result::Result<T, Error>;
@@ -131,7 +134,7 @@ impl<R: Read> Reader<R> {
     /// Discards the rest of the current entry's data and padding, checking
     /// `cancel` as it goes.
     fn skip(&mut self, cancel: &dyn Fn() -> bool) -> Result<()> {
-        let mut todo = self.left + self.pad;
+        let mut todo = self.left.saturating_add(self.pad);
         let mut buf = [0u8; 64 << 10];
         let mut since_check = 0u64;
         while todo > 0 {
@@ -179,6 +182,7 @@ impl<R: Read> Reader<R> {
         self.skip(cancel)?;
         let mut pending = Pending::default();
         let mut block = [0u8; BLOCK as usize];
+        let mut extensions = 0u32;
         loop {
             if !self.block(&mut block)? || block.iter().all(|b| *b == 0) {
                 self.done = true;
@@ -193,6 +197,20 @@ impl<R: Read> Reader<R> {
                 .entry_size()
                 .map_err(|_| corrupt("a header has an unreadable size"))?;
             let kind = header.entry_type();
+            if matches!(
+                kind,
+                EntryType::XHeader
+                    | EntryType::XGlobalHeader
+                    | EntryType::GNULongName
+                    | EntryType::GNULongLink
+            ) {
+                extensions += 1;
+                if extensions > MAX_EXTENSIONS {
+                    return Err(corrupt(format!(
+                        "more than {MAX_EXTENSIONS} extension headers for one entry"
+                    )));
+                }
+            }
             match kind {
                 EntryType::XHeader => {
                     if pending.pax {
@@ -338,7 +356,15 @@ impl<R: Read> Reader<R> {
         }
         let mut extended = gnu.is_extended();
         let mut block = [0u8; BLOCK as usize];
+        let mut blocks = 0usize;
         while extended {
+            blocks += 1;
+            if blocks > MAX_SPARSE / 21 + 1 {
+                return Err(refused(format!(
+                    "sparse file {} has more than {MAX_SPARSE} data segments",
+                    tree::show(path)
+                )));
+            }
             if !self.block(&mut block)? {
                 return Err(bad("the archive ends in its sparse map"));
             }
@@ -471,9 +497,9 @@ fn parse_time(v: &[u8]) -> Option<(i64, i64)> {
     for _ in digits.len()..9 {
         nsec *= 10;
     }
-    if secs < 0 && nsec > 0 {
+    if s.starts_with('-') && nsec > 0 {
         // -1.25 is 1.25 s before the epoch: -2 s + 0.75 s
-        return Some((secs - 1, 1_000_000_000 - nsec));
+        return Some((secs.checked_sub(1)?, 1_000_000_000 - nsec));
     }
     Some((secs, nsec))
 }
@@ -481,6 +507,61 @@ fn parse_time(v: &[u8]) -> Option<(i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn header(kind: EntryType, size: u64) -> Vec<u8> {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    fn pax(records: &[u8]) -> Vec<u8> {
+        let mut out = header(EntryType::XHeader, records.len() as u64);
+        out.extend_from_slice(records);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out
+    }
+
+    #[test]
+    fn extension_headers_and_sizes_are_bounded() {
+        // a PAX size near u64::MAX on a directory: the skip after it ends
+        // with the data, no overflow
+        let mut data = pax(b"29 size=18446744073709551615\n");
+        data.extend(header(EntryType::Directory, 0));
+        let mut r = Reader::new(&data[..]);
+        let e = r.next_entry(&|| false).unwrap().unwrap();
+        assert_eq!(e.stored, u64::MAX);
+        assert!(matches!(
+            r.next_entry(&|| false),
+            Err(Error::Corrupt { .. })
+        ));
+        // long names piling up before one entry
+        let mut data = Vec::new();
+        for _ in 0..=MAX_EXTENSIONS {
+            data.extend(header(EntryType::GNULongName, 2));
+            data.extend_from_slice(b"a\0");
+            data.resize(data.len().div_ceil(512) * 512, 0);
+        }
+        data.extend(header(EntryType::Regular, 0));
+        let err = Reader::new(&data[..]).next_entry(&|| false).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        // a sparse map that goes on and on
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::GNUSparse);
+        h.set_size(0);
+        h.as_gnu_mut().unwrap().set_is_extended(true);
+        h.as_gnu_mut().unwrap().set_real_size(0);
+        h.set_cksum();
+        let mut data = h.as_bytes().to_vec();
+        let mut ext = tar::GnuExtSparseHeader::new();
+        ext.set_is_extended(true);
+        for _ in 0..(MAX_SPARSE / 21 + 4) {
+            data.extend_from_slice(ext.as_bytes());
+        }
+        let err = Reader::new(&data[..]).next_entry(&|| false).unwrap_err();
+        assert!(matches!(err, Error::Refused { .. }), "{err}");
+    }
 
     #[test]
     fn pax_records_may_hold_newlines_and_bad_ones_are_corrupt() {
@@ -503,6 +584,8 @@ mod tests {
             assert!(parse_pax(bad, &mut p).is_err(), "{bad:?}");
         }
         assert_eq!(parse_time(b"-1.25"), Some((-2, 750_000_000)));
+        assert_eq!(parse_time(b"-0.5"), Some((-1, 500_000_000)));
+        assert_eq!(parse_time(b"-9223372036854775808.5"), None);
         assert_eq!(parse_time(b"x"), None);
     }
 }
