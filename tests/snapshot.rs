@@ -906,3 +906,87 @@ async fn restores_stop_out_of_range_past_the_manifest_or_the_capacity() {
         vec![7u8; 4 << 20]
     );
 }
+
+fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let cp = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let cn = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer valid for its length.
+    let n = unsafe {
+        nix::libc::lgetxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    };
+    (n >= 0).then(|| {
+        buf.truncate(n as usize);
+        buf
+    })
+}
+
+#[tokio::test]
+async fn system_xattrs_are_restored_only_with_the_flag() {
+    if !is_root() {
+        eprintln!("SKIPPED system_xattrs_are_restored_only_with_the_flag: needs root");
+        return;
+    }
+    let rec = |k: &str, v: &str| {
+        let body = k.len() + v.len() + 3;
+        let len = body + (body + 2).to_string().len();
+        format!("{len} {k}={v}\n")
+    };
+    let records = rec("SCHILY.xattr.trusted.nfs-csi", "t") + &rec("SCHILY.xattr.user.nfs-csi", "u");
+    let tar = RawTar(vec![])
+        .entry(
+            b"PaxHeaders/f",
+            tar::EntryType::XHeader,
+            b"",
+            records.as_bytes(),
+        )
+        .entry(b"f", tar::EntryType::Regular, b"", b"data")
+        .finish();
+    for flag in [false, true] {
+        let t = tempfile::tempdir().unwrap();
+        let root = share(t.path());
+        let probe = root.join("probe");
+        std::fs::write(&probe, b"").unwrap();
+        let cp = std::ffi::CString::new(probe.to_str().unwrap()).unwrap();
+        // SAFETY: valid C strings and value.
+        let ok = unsafe {
+            nix::libc::setxattr(
+                cp.as_ptr(),
+                c"trusted.x".as_ptr(),
+                c"1".as_ptr().cast(),
+                1,
+                0,
+            )
+        };
+        if ok != 0 {
+            eprintln!("SKIPPED system_xattrs_are_restored_only_with_the_flag: no trusted xattrs");
+            return;
+        }
+        let mut args = vec!["--mode", "controller"];
+        if flag {
+            args.push("--restore-system-xattrs");
+        }
+        let d = Driver::start(t.path(), &args).await;
+        let mut c = d.controller().await;
+        let id = plant(&root, "x", &tar);
+        create(&mut c, "v", &root, 0, from_snapshot(&id))
+            .await
+            .unwrap();
+        let f = root.join("v/f");
+        assert_eq!(std::fs::read(&f).unwrap(), b"data");
+        assert_eq!(
+            xattr(&f, "trusted.nfs-csi").is_some(),
+            flag,
+            "trusted xattr with the flag {flag}"
+        );
+        // user xattrs, where the filesystem has them, whatever the flag
+        // SAFETY: valid C strings and value.
+        let user = unsafe {
+            nix::libc::setxattr(cp.as_ptr(), c"user.x".as_ptr(), c"1".as_ptr().cast(), 1, 0)
+        } == 0;
+        if user {
+            assert_eq!(xattr(&f, "user.nfs-csi"), Some(b"u".to_vec()));
+        }
+    }
+}
