@@ -66,6 +66,9 @@ pub enum Error {
     SnapshotExists { name: String, existing: String },
     #[error("{0}")]
     JobFailed(String),
+    /// A restore or clone failed; `code` is its error's (see `error::code`).
+    #[error("{message}")]
+    Populate { message: String, code: tonic::Code },
     #[error("limit_bytes {limit} is below the volume's capacity {current}; volumes do not shrink")]
     CannotShrink { limit: i64, current: i64 },
     #[error(
@@ -623,7 +626,8 @@ fn populate_blocking(
     root: &Path,
     subdir: &RelPath,
     from: &From,
-    allow_devices: bool,
+    policy: tree::Policy,
+    capacity: i64,
     threads: usize,
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<()> {
@@ -638,7 +642,11 @@ fn populate_blocking(
             let manifest = store
                 .manifest()?
                 .ok_or_else(|| Error::SnapshotNotReady(key.clone()))?;
-            snapshot::restore(&store, &manifest, dest, allow_devices, cancel)?
+            let opts = snapshot::RestoreOptions {
+                policy,
+                capacity: capacity.max(0) as u64,
+            };
+            snapshot::restore(&store, &manifest, dest, opts, cancel)?
         }
         From::Volume {
             root: src_root,
@@ -647,12 +655,7 @@ fn populate_blocking(
             let src_dir = DirFd::open_root(src_root)?
                 .walk(src)?
                 .ok_or_else(|| Error::NotFound(src.as_str().to_string()))?;
-            snapshot::clone_tree(
-                &src_dir,
-                tree::Dest::new(dest, allow_devices),
-                threads,
-                cancel,
-            )?
+            snapshot::clone_tree(&src_dir, tree::Dest::new(dest, policy), threads, cancel)?
         }
     };
     let meta = Meta::open(root, false)?.ok_or_else(missing)?;
@@ -725,7 +728,7 @@ impl ControllerService {
         if !rec.populated
             && let Some(source) = source
         {
-            self.populate(&id, root, source).await?;
+            self.populate(&id, root, source, rec.capacity_bytes).await?;
         }
         tracing::info!(volume_id = %id, capacity = rec.capacity_bytes, "volume ready");
         Ok(csi::CreateVolumeResponse {
@@ -823,21 +826,40 @@ impl ControllerService {
 
     /// Restores or copies the source into the new volume, as a job that
     /// survives a cancelled RPC; a retried CreateVolume joins it.
-    async fn populate(&self, id: &VolumeId, root: PathBuf, source: Populate) -> Result<()> {
+    async fn populate(
+        &self,
+        id: &VolumeId,
+        root: PathBuf,
+        source: Populate,
+        capacity: i64,
+    ) -> Result<()> {
         let key = format!("populate:{id}");
         let root_of = root.clone();
         let subdir = id.subdir.clone();
-        let allow_devices = self.config.allow_device_nodes;
+        let policy = tree::Policy {
+            allow_devices: self.config.allow_device_nodes,
+            system_xattrs: self.config.restore_system_xattrs,
+        };
         let threads = self.config.snapshot_threads as usize;
         let job = self.jobs.start(&key, move |cancel| {
-            let res =
-                populate_blocking(&root, &subdir, &source.from, allow_devices, threads, cancel);
+            let res = populate_blocking(
+                &root,
+                &subdir,
+                &source.from,
+                policy,
+                capacity,
+                threads,
+                cancel,
+            );
             let m = crate::metrics::get();
             match source.from {
                 From::Snapshot { .. } => crate::metrics::outcome(&m.restores, &res),
                 From::Volume { .. } => crate::metrics::outcome(&m.clones, &res),
             }
-            res.map_err(|e| crate::error::chain(&e))
+            res.map_err(|e| crate::jobs::Failure {
+                code: crate::error::code(&e),
+                message: crate::error::chain(&e),
+            })
         });
         // Wait as long as the caller does; the job goes on if it gives up.
         match self
@@ -858,7 +880,11 @@ impl ControllerService {
                 if let Err(e) | Ok(Err(e)) = cleanup.map_err(crate::error::Error::from) {
                     tracing::error!(volume_id = %id, error = %e, "cannot discard the failed volume");
                 }
-                Err(Error::JobFailed(format!("populating volume {id}: {msg}")).into())
+                Err(Error::Populate {
+                    message: format!("populating volume {id}: {}", msg.message),
+                    code: msg.code,
+                }
+                .into())
             }
             None => {
                 Err(Error::JobFailed(format!("populating volume {id} is still running")).into())

@@ -50,6 +50,7 @@ fn tree_code(e: &tree::Error) -> Code {
         | tree::Error::Conflict { .. }
         | tree::Error::BadLink { .. } => Code::FailedPrecondition,
         tree::Error::Cancelled | tree::Error::Changed { .. } => Code::Aborted,
+        tree::Error::OverLimit { .. } => Code::OutOfRange,
     }
 }
 
@@ -113,6 +114,7 @@ pub fn code(err: &Error) -> Code {
             C::TooSmall { .. } | C::CannotShrink { .. } => Code::OutOfRange,
             C::SnapshotExists { .. } => Code::AlreadyExists,
             C::JobFailed(_) => Code::Internal,
+            C::Populate { code, .. } => *code,
             C::DirInUse { .. } => Code::FailedPrecondition,
             C::SnapshotParameter { .. } => Code::InvalidArgument,
             C::AlreadyExists { .. } => Code::AlreadyExists,
@@ -133,7 +135,10 @@ pub fn code(err: &Error) -> Code {
         },
         Error::Snapshot(e) => match e {
             snapshot::Error::InvalidId { .. } => Code::NotFound,
-            snapshot::Error::Checksum { .. } => Code::DataLoss,
+            snapshot::Error::Checksum { .. }
+            | snapshot::Error::Length { .. }
+            | snapshot::Error::Corrupt { .. } => Code::DataLoss,
+            snapshot::Error::Refused { .. } => Code::FailedPrecondition,
             snapshot::Error::Tree(t) => tree_code(t),
             snapshot::Error::Fs(f) => fs_code(f),
             snapshot::Error::Io { .. } | snapshot::Error::BadJson(..) => Code::Internal,
