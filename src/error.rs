@@ -67,7 +67,8 @@ fn errno_code(e: Errno) -> Code {
 
 fn mount_code(e: &mount::Error) -> Code {
     match e {
-        mount::Error::Command(command::Error::TimedOut { .. }) => Code::Unavailable,
+        mount::Error::Command(command::Error::TimedOut { .. })
+        | mount::Error::NothingMounted { .. } => Code::Unavailable,
         mount::Error::Syscall { cause, .. } | mount::Error::Unmount { cause, .. } => {
             errno_code(*cause)
         }

@@ -27,9 +27,19 @@ use crate::offload::{self, Probes};
 use crate::safefs::{self, FsStats};
 use crate::volume::{self, RelPath, absolute_path, quote};
 
-/// Host directories that are never a `mountedShare` root (nor below one):
-/// the host's own system trees. A `lib*` top directory is refused too.
+/// Host directories that are never a `mountedShare` root, nor below one,
+/// nor above one (a root above them would let a `subDir` adopt them): the
+/// host's own system trees and the kubelet's and container runtimes' state.
+/// A `lib*` top directory is refused too.
 const SYSTEM_TREES: &[&str] = &[
+    "/root",
+    "/var/lib/containerd",
+    "/var/lib/docker",
+    "/var/lib/k0s",
+    "/var/lib/rancher",
+    "/var/lib/containers",
+    "/var/lib/cni",
+    "/var/lib/etcd",
     "/proc",
     "/sys",
     "/dev",
@@ -65,11 +75,16 @@ fn refused_root(root: &Path, allowed: &[PathBuf]) -> Option<String> {
         .nth(1)
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .unwrap_or_default();
-    if first.starts_with("lib") || SYSTEM_TREES.iter().any(|t| root.starts_with(t)) {
+    if first.starts_with("lib")
+        || SYSTEM_TREES
+            .iter()
+            .any(|t| root.starts_with(t) || Path::new(t).starts_with(root))
+    {
         return Some(format!(
-            "{} is in a host system directory (/proc, /sys, /dev, /etc, /boot, /usr, /bin, \
-             /sbin, /lib*, /run, /var/lib/kubelet); use a directory made for shared data",
-            quote(&root.to_string_lossy())
+            "{} is, holds or is in a host system directory ({}, /lib*); use a directory made \
+             for shared data",
+            quote(&root.to_string_lossy()),
+            SYSTEM_TREES.join(", ")
         ));
     }
     if !allowed.is_empty() && !allowed.iter().any(|a| root.starts_with(a)) {
@@ -710,6 +725,13 @@ mod tests {
             "/run/secrets",
             "/var/lib/kubelet",
             "/var/lib/kubelet/pods",
+            // roots above a system tree: a subDir could adopt it
+            "/var",
+            "/var/lib",
+            "/var/lib/k0s",
+            "/var/lib/k0s/kubelet",
+            "/var/lib/containerd",
+            "/root",
         ] {
             assert!(ExportSpec::mounted(bad).is_err(), "{bad}");
             assert!(ExportSpec::parse_flag(bad).is_err(), "{bad}");
