@@ -253,10 +253,17 @@ impl NodeService {
     async fn teardown(&self, path: &Path) -> Result<()> {
         let base = self.base();
         for _ in 0..8 {
-            let Some(Some(entry)) = self.find_mount(path).await? else {
+            let Some((dir, Some(entry))) = self.find_mount(path).await? else {
                 break;
             };
-            let alive = !entry.is_nfs() || self.statvfs(path).await.is_ok();
+            // The probe holds the descriptor; anything else lets it go
+            // before the unmount, which it would otherwise keep busy.
+            let alive = if entry.is_nfs() {
+                self.statvfs(dir).await.is_ok()
+            } else {
+                drop(dir);
+                true
+            };
             if !alive {
                 tracing::warn!(path = %path.display(), "server not responding: detaching lazily");
             }
@@ -285,9 +292,13 @@ impl NodeService {
         .await?
     }
 
-    /// What is at `path`: nothing (`None`), or a directory and the mount
-    /// exactly on it, if any. A symlink or a file there is an error.
-    async fn find_mount(&self, path: &Path) -> Result<Option<Option<MountEntry>>> {
+    /// What is at `path`: nothing (`None`), or the directory (held open)
+    /// and the mount exactly on it, if any. A symlink or a file there is an
+    /// error.
+    async fn find_mount(
+        &self,
+        path: &Path,
+    ) -> Result<Option<(hostpath::HostDir, Option<MountEntry>)>> {
         let (m, base, p) = (self.mounter.clone(), self.base(), path.to_path_buf());
         offload::run("find mount", self.config.fs_timeout, move || {
             let Some(hp) = HostPath::resolve(&base, &p, false)? else {
@@ -297,21 +308,24 @@ impl NodeService {
                 return Ok(None);
             };
             let table = m.mounts()?;
-            Ok(Some(mounted_at(m.as_ref(), &table, &hp, &dir)?.cloned()))
+            let entry = mounted_at(m.as_ref(), &table, &hp, &dir)?.cloned();
+            Ok(Some((dir, entry)))
         })
         .await?
     }
 
-    /// statvfs of a mount point under the stats timeout, one at a time.
-    async fn statvfs(&self, path: &Path) -> Result<std::result::Result<safefs::FsStats, Errno>> {
-        let p = path.to_path_buf();
+    /// statvfs of a mount point, through its descriptor (the path is not
+    /// resolved again), under the stats timeout, one at a time per path.
+    async fn statvfs(
+        &self,
+        dir: hostpath::HostDir,
+    ) -> Result<std::result::Result<safefs::FsStats, Errno>> {
+        let label = format!("statvfs {}", dir.path().display());
         Ok(self
             .probes
-            .run(
-                &format!("statvfs {}", path.display()),
-                self.config.stats_timeout,
-                move || safefs::fs_stats(&p),
-            )
+            .run(&label, self.config.stats_timeout, move || {
+                safefs::fs_stats_fd(dir.fd())
+            })
             .await?)
     }
 
@@ -346,9 +360,13 @@ impl NodeService {
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let single_writer = is_single_writer(req.volume_capability.as_ref());
         let expected = self.stage_source(&req.volume_id, &req.volume_context, &flags)?;
-        let _guard = self
-            .inflight
-            .acquire(&[format!("path:{}", target.display())])?;
+        // A ReadWriteOncePod publish also holds its staging path, so two at
+        // once for one volume cannot both pass the check below.
+        let mut keys = vec![format!("path:{}", target.display())];
+        if single_writer {
+            keys.push(format!("single-writer:{}", staging.display()));
+        }
+        let _guard = self.inflight.acquire(&keys)?;
         let (m, base, ro) = (self.mounter.clone(), self.base(), req.readonly);
         let (stg, tgt) = (staging.clone(), target.clone());
         let outcome = offload::run(
@@ -533,6 +551,13 @@ impl NodeService {
             options.retain(|o| o != "rw");
             options.push("ro".into());
         }
+        // A pod's own NFS mount never carries setuid binaries or device
+        // nodes onto the host's mount table.
+        for o in ["nosuid", "nodev"] {
+            if !options.iter().any(|x| x == o) {
+                options.push(o.into());
+            }
+        }
         Ok((source, options))
     }
 
@@ -568,13 +593,13 @@ impl NodeService {
         };
         let path = absolute_path("volume_path", &req.volume_path).map_err(|_| no_volume())?;
         hostpath::check_below(&self.base(), &path)?;
-        match self.find_mount(&path).await? {
+        let dir = match self.find_mount(&path).await? {
             None => return Err(no_volume().into()),
-            Some(None) => return Err(Error::NotMounted { path }.into()),
-            Some(Some(_)) => {}
-        }
+            Some((_, None)) => return Err(Error::NotMounted { path }.into()),
+            Some((dir, Some(_))) => dir,
+        };
         let secs = self.config.stats_timeout.as_secs().max(1);
-        let (usage, condition) = match self.statvfs(&path).await {
+        let (usage, condition) = match self.statvfs(dir).await {
             Ok(Ok(s)) => (
                 vec![
                     usage(
@@ -1146,6 +1171,12 @@ mod tests {
         assert_eq!(fake.calls().len(), 1);
         assert!(
             fake.calls()[0].starts_with("mount_nfs nfs.allowed:/e/a/b "),
+            "{:?}",
+            fake.calls()
+        );
+        // a pod's NFS mount never carries setuid binaries or devices
+        assert!(
+            fake.calls()[0].ends_with(",nosuid,nodev"),
             "{:?}",
             fake.calls()
         );
