@@ -99,6 +99,7 @@ pub fn code(err: &Error) -> Code {
         Error::Export(export::Error::Missing { .. }) => Code::FailedPrecondition,
         Error::Export(export::Error::Mount { source, .. }) => mount_code(source),
         Error::Export(export::Error::State { .. }) => Code::Internal,
+        Error::Export(export::Error::Overlap { .. }) => Code::FailedPrecondition,
         Error::Offload(offload::Error::Panicked { .. }) => Code::Internal,
         Error::Offload(_) => Code::Unavailable,
         Error::Busy(_) => Code::Aborted,

@@ -283,6 +283,33 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "export {export} overlaps the known export {known} (one holds the other's directory), so \
+         one volume could hold another's; use one of them, or directories side by side"
+    )]
+    Overlap { export: String, known: String },
+}
+
+/// Whether two exports hold each other's data: one root inside the other's
+/// (never the same one).
+fn overlaps(a: &ExportSpec, b: &ExportSpec) -> bool {
+    let nested = |x: &Path, y: &Path| x != y && (x.starts_with(y) || y.starts_with(x));
+    match (a, b) {
+        (ExportSpec::Mounted { root: x }, ExportSpec::Mounted { root: y }) => nested(x, y),
+        (
+            ExportSpec::Nfs {
+                server: s1,
+                share: x,
+                ..
+            },
+            ExportSpec::Nfs {
+                server: s2,
+                share: y,
+                ..
+            },
+        ) => s1.eq_ignore_ascii_case(s2) && nested(Path::new(x), Path::new(y)),
+        _ => false,
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -399,6 +426,12 @@ impl Exports {
             let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
             if known.contains_key(&spec.key()) && !self.unsaved.load(Ordering::SeqCst) {
                 return Ok(());
+            }
+            if let Some(other) = known.values().find(|k| overlaps(k, spec)) {
+                return Err(Error::Overlap {
+                    export: spec.key(),
+                    known: other.key(),
+                });
             }
             known.insert(spec.key(), spec.clone());
         }
@@ -780,6 +813,35 @@ mod tests {
         }
         let again = Exports::open(work.path(), vec![], fake, timeouts()).unwrap();
         assert_eq!(again.known().len(), 40);
+    }
+
+    #[tokio::test]
+    async fn an_export_inside_or_around_a_known_one_is_refused() {
+        let work = tempfile::tempdir().unwrap();
+        let outer = work.path().join("shared");
+        let inner = outer.join("team");
+        std::fs::create_dir_all(&inner).unwrap();
+        let fake = Arc::new(FakeMounter::default());
+        let exports = Exports::open(work.path(), vec![], fake.clone(), timeouts()).unwrap();
+        let m = |p: &Path| ExportSpec::mounted(&p.display().to_string()).unwrap();
+        exports.remember(&m(&outer)).await.unwrap();
+        exports.remember(&m(&outer)).await.unwrap();
+        let err = exports.remember(&m(&inner)).await.unwrap_err();
+        assert!(matches!(err, Error::Overlap { .. }), "{err}");
+        let nfs = |share: &str| ExportSpec::nfs("nfs.example", share, &[]).unwrap();
+        exports.remember(&nfs("/exports/team")).await.unwrap();
+        // the same share with other options is the same data: fine
+        exports
+            .remember(&ExportSpec::nfs("nfs.example", "/exports/team", &["hard".into()]).unwrap())
+            .await
+            .unwrap();
+        for share in ["/exports", "/exports/team/a"] {
+            let err = exports.remember(&nfs(share)).await.unwrap_err();
+            assert!(matches!(err, Error::Overlap { .. }), "{share}: {err}");
+        }
+        exports.remember(&nfs("/exports/other")).await.unwrap();
+        let again = Exports::open(work.path(), vec![], fake, timeouts()).unwrap();
+        assert_eq!(again.known().len(), 3);
     }
 
     #[test]
