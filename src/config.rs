@@ -52,6 +52,9 @@ pub struct Config {
     pub nfs_default_options: Vec<String>,
     /// Restoring device nodes from snapshots and clones is refused unless set.
     pub allow_device_nodes: bool,
+    /// `security.*` and `trusted.*` xattrs are skipped by restores and
+    /// clones unless set.
+    pub restore_system_xattrs: bool,
     /// zstd level for snapshots whose class does not set `compressionLevel`.
     pub snapshot_level: i32,
     /// zstd worker threads per snapshot (and copy threads per clone).
@@ -119,6 +122,7 @@ pub fn test_config(work_dir: PathBuf) -> Config {
         inline_servers: vec![],
         nfs_default_options: vec![],
         allow_device_nodes: false,
+        restore_system_xattrs: false,
         snapshot_level: 6,
         snapshot_threads: 2,
         metrics_address: None,

@@ -12,9 +12,15 @@
 //!
 //! Safety assumptions: memory stays flat (files stream through fixed
 //! buffers; zstd's window is bounded by its level). Reading the source never
-//! follows symlinks; restoring treats the archive as hostile (see
-//! `tree::Dest`) and checks its checksum, removing what it wrote when the
-//! archive does not match its manifest.
+//! follows symlinks. Restoring treats the archive as hostile: it is opened
+//! once, by descriptor, and its size and SHA-256 are checked against the
+//! manifest before anything is written (then extracted from the same
+//! descriptor); headers are read with fixed bounds (`reader`), the zstd
+//! window is capped, the data written is bounded by the manifest's size and
+//! the volume's capacity, paths are rebuilt by `tree::Dest`, and whatever
+//! was written is removed when the restore fails.
+
+mod reader;
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -43,6 +49,14 @@ const ID_TAG: &str = "s1";
 const READ_BUF: usize = 256 << 10;
 /// Bytes of input per zstd worker job.
 const JOB_SIZE: u32 = 2 << 20;
+/// Largest zstd window a restore accepts (2^24 = 16 MiB; level 19, the
+/// highest the driver writes, uses 2^23): a hostile frame header cannot make
+/// the decoder allocate more.
+const WINDOW_LOG_MAX: u32 = 24;
+/// Files with more data segments than a restore accepts are archived whole.
+const MAX_SEGMENTS: usize = reader::MAX_SPARSE - 1;
+/// Slack over the manifest's data size a restore may write (1 MiB + 1%).
+const SLACK_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -66,6 +80,12 @@ pub enum Error {
         got: String,
         want: String,
     },
+    #[error("archive {path} is {got} bytes, its manifest says {want}; the snapshot is corrupt")]
+    Length { path: String, got: u64, want: u64 },
+    #[error("the archive is corrupt: {reason}")]
+    Corrupt { reason: String },
+    #[error("the archive is refused: it holds {reason}")]
+    Refused { reason: String },
     #[error("{0} is unreadable: {1}")]
     BadJson(String, serde_json::Error),
 }
@@ -363,6 +383,12 @@ fn append_regular<W: Write>(
     } else {
         vec![(0, size)]
     };
+    // A restore takes at most MAX_SEGMENTS segments (the end marker too).
+    let segments = if segments.len() >= MAX_SEGMENTS {
+        vec![(0, size)]
+    } else {
+        segments
+    };
     if segments == [(0, size)] {
         let mut h = header_for(st, tar::EntryType::Regular);
         h.set_size(size);
@@ -428,6 +454,9 @@ fn data_segments(file: &File, size: u64) -> Vec<(u64, u64)> {
             Err(_) => end,
         };
         out.push((data as u64, (hole - data) as u64));
+        if out.len() >= MAX_SEGMENTS {
+            return vec![(0, size)];
+        }
         off = hole;
     }
     out
@@ -598,48 +627,148 @@ pub fn create_archive(
     Ok(manifest)
 }
 
-/// Restores the archive of `store` into `dest` (an empty directory),
-/// verifying its checksum against `manifest`. Blocking.
+/// What a restore may write.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestoreOptions {
+    pub policy: tree::Policy,
+    /// The new volume's capacity in bytes (0: none); file data beyond it is
+    /// refused.
+    pub capacity: u64,
+}
+
+/// The most file data (apparent sizes, holes included) a restore of
+/// `manifest` may write, and the most entries it may make: what the
+/// manifest records plus a little slack, and never more data than the
+/// volume's capacity.
+pub fn restore_limits(manifest: &Manifest, capacity: u64) -> (u64, u64) {
+    let slack = manifest.size_bytes / 100 + SLACK_BYTES;
+    let mut bytes = manifest.size_bytes.saturating_add(slack);
+    if capacity > 0 {
+        bytes = bytes.min(capacity);
+    }
+    let entries = manifest
+        .file_count
+        .saturating_add(manifest.file_count / 100 + 16);
+    (bytes, entries)
+}
+
+/// The SHA-256 of the first `len` bytes of `file`, read through a fixed
+/// buffer.
+fn hash_file(file: &File, len: u64, path: &str, cancel: &AtomicBool) -> Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; READ_BUF];
+    let mut hash = Sha256::new();
+    let mut pos = 0u64;
+    while pos < len {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(tree::Error::Cancelled.into());
+        }
+        let want = (len - pos).min(buf.len() as u64) as usize;
+        let n = file
+            .read_at(&mut buf[..want], pos)
+            .map_err(ioe("read archive"))?;
+        if n == 0 {
+            return Err(Error::Length {
+                path: path.to_string(),
+                got: pos,
+                want: len,
+            });
+        }
+        hash.update(&buf[..n]);
+        pos += n as u64;
+    }
+    Ok(hex::encode(hash.finalize()))
+}
+
+/// Restores the archive of `store` into `dest` (an empty directory). The
+/// archive is opened once; its size and SHA-256 are checked against
+/// `manifest` before anything is written, then it is extracted from the
+/// same descriptor (and hashed again on the way: a file changed meanwhile
+/// fails too). On failure, whatever was written is removed. Blocking.
 pub fn restore(
     store: &Store,
     manifest: &Manifest,
     dest: DirFd,
-    allow_devices: bool,
+    opts: RestoreOptions,
     cancel: &AtomicBool,
 ) -> Result<(u64, u64)> {
-    let path = store.dir.path().join(ARCHIVE);
+    use std::io::{Seek, SeekFrom};
+    let path = store.dir.path().join(ARCHIVE).display().to_string();
     let fd = openat(
         store.dir.fd(),
         ARCHIVE,
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
         Mode::empty(),
     )
     .map_err(|e| Error::Io {
-        what: format!("open {}", path.display()),
+        what: format!("open {path}"),
         source: e.into(),
     })?;
-    let reader = HashingReader {
-        inner: BufReader::with_capacity(1 << 20, File::from(fd)),
-        hash: Sha256::new(),
-    };
-    let root = dest.try_clone()?;
-    let mut decoder =
-        zstd::stream::read::Decoder::with_buffer(BufReader::new(reader)).map_err(ioe("zstd"))?;
-    let out = extract(&mut decoder, Dest::new(dest, allow_devices), cancel);
-    // Hash the rest (tar padding, zstd epilogue) before comparing.
-    let _ = std::io::copy(&mut decoder, &mut std::io::sink());
-    let mut reader = decoder.finish().into_inner();
-    let _ = std::io::copy(&mut reader, &mut std::io::sink());
-    let got = hex::encode(reader.hash.finalize());
-    if out.is_ok() && got != manifest.sha256 {
-        empty_dir(&root)?;
-        return Err(Error::Checksum {
-            path: path.display().to_string(),
-            got,
-            want: manifest.sha256.clone(),
+    let mut file = File::from(fd);
+    let st = nix::sys::stat::fstat(&file).map_err(|e| Error::Io {
+        what: format!("stat {path}"),
+        source: e.into(),
+    })?;
+    if tree::kind(&st) != Kind::File {
+        return Err(Error::Corrupt {
+            reason: format!("{path} is not a regular file"),
         });
     }
-    out
+    let want = manifest.archive_bytes;
+    if st.st_size.max(0) as u64 != want {
+        return Err(Error::Length {
+            path,
+            got: st.st_size.max(0) as u64,
+            want,
+        });
+    }
+    let got = hash_file(&file, want, &path, cancel)?;
+    if got != manifest.sha256 {
+        return Err(Error::Checksum {
+            path,
+            got,
+            want: tree::show(manifest.sha256.as_bytes()),
+        });
+    }
+    let root = dest.try_clone()?;
+    let res = (|| {
+        file.seek(SeekFrom::Start(0)).map_err(ioe("seek archive"))?;
+        let hashing = HashingReader {
+            inner: (&file).take(want),
+            hash: Sha256::new(),
+        };
+        let mut decoder =
+            zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 20, hashing))
+                .map_err(ioe("zstd"))?;
+        decoder
+            .window_log_max(WINDOW_LOG_MAX)
+            .map_err(ioe("zstd window"))?;
+        let (bytes, entries) = restore_limits(manifest, opts.capacity);
+        let out = extract(
+            &mut decoder,
+            Dest::new(dest, opts.policy).limits(bytes, entries),
+            cancel,
+        )?;
+        // The rest of the file, raw (whatever follows the tar stream is not
+        // decompressed), completes the second hash.
+        let mut rest = decoder.finish();
+        std::io::copy(&mut rest, &mut std::io::sink()).map_err(ioe("read archive"))?;
+        let again = hex::encode(rest.into_inner().hash.finalize());
+        if again != manifest.sha256 {
+            return Err(Error::Checksum {
+                path: path.clone(),
+                got: again,
+                want: tree::show(manifest.sha256.as_bytes()),
+            });
+        }
+        Ok(out)
+    })();
+    if res.is_err()
+        && let Err(e) = empty_dir(&root)
+    {
+        tracing::error!(error = %e, "cannot remove what a failed restore wrote");
+    }
+    res
 }
 
 /// Removes everything inside `dir`.
@@ -650,79 +779,79 @@ pub fn empty_dir(dir: &DirFd) -> Result<()> {
     Ok(())
 }
 
-/// Extracts a tar stream into `dest`, treating it as hostile. Blocking.
+/// Extracts a tar stream into `dest`, treating it as hostile: headers are
+/// bounded (see `reader`), file data and entries are bounded by `dest`'s
+/// limits (stored data too, so skipped entries cannot stream unbounded
+/// data), and `cancel` is checked between entries and every few MiB inside
+/// them. Blocking.
 pub fn extract(src: &mut dyn Read, mut dest: Dest, cancel: &AtomicBool) -> Result<(u64, u64)> {
-    let mut archive = tar::Archive::new(src);
-    for entry in archive.entries().map_err(ioe("read archive"))? {
-        if cancel.load(Ordering::Relaxed) {
+    use std::io::{Seek, SeekFrom};
+    let cancelled = || cancel.load(Ordering::Relaxed);
+    let mut archive = reader::Reader::new(src);
+    let mut stored = 0u64;
+    while let Some(e) = archive.next_entry(&cancelled)? {
+        if cancelled() {
             return Err(tree::Error::Cancelled.into());
         }
-        let mut entry = entry.map_err(ioe("read archive"))?;
-        let path = entry.path_bytes().into_owned();
-        let h = entry.header();
-        let et = h.entry_type();
-        let mut meta = Meta {
-            mode: h.mode().unwrap_or(0o644) & 0o7777,
-            uid: h.uid().unwrap_or(0) as u32,
-            gid: h.gid().unwrap_or(0) as u32,
-            mtime: h.mtime().unwrap_or(0) as i64,
-            mtime_nsec: 0,
-            xattrs: Vec::new(),
-        };
-        let rdev = match (h.device_major(), h.device_minor()) {
-            (Ok(Some(ma)), Ok(Some(mi))) => nix::sys::stat::makedev(ma as u64, mi as u64),
-            _ => 0,
-        };
-        let link = entry.link_name_bytes().map(|l| l.into_owned());
-        if let Some(exts) = entry.pax_extensions().map_err(ioe("read archive"))? {
-            for ext in exts.flatten() {
-                if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
-                    meta.xattrs
-                        .push((name.to_vec(), ext.value_bytes().to_vec()));
-                }
+        stored = stored.saturating_add(e.stored);
+        if stored > dest.max_bytes() {
+            return Err(tree::Error::OverLimit {
+                what: "bytes of file data",
+                limit: dest.max_bytes(),
             }
+            .into());
         }
-        let err = |what: &str| {
-            let p = String::from_utf8_lossy(&path).into_owned();
-            let w = what.to_string();
-            move |e: std::io::Error| Error::Io {
-                what: format!("{w} {p}"),
-                source: e,
+        let path = &e.path;
+        let copy_err = |err: std::io::Error| -> Error {
+            if cancelled() {
+                tree::Error::Cancelled.into()
+            } else if err.raw_os_error().is_some() {
+                tree::Error::Stream {
+                    path: format!("extract {}", tree::show(path)),
+                    source: err,
+                }
+                .into()
+            } else {
+                reader::read_error(err)
             }
         };
-        match et {
-            tar::EntryType::Directory => dest.dir(&path, meta)?,
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                let size = entry.size();
-                let mut f = dest.file(&path)?;
-                tree::copy_sparse(&mut entry, &mut f).map_err(err("extract"))?;
-                dest.finish_file(&f, size, &meta, &path)?;
+        let target = || {
+            e.link.clone().ok_or_else(|| Error::Corrupt {
+                reason: format!("link {} has no target", tree::show(path)),
+            })
+        };
+        use tar::EntryType as T;
+        match e.kind {
+            T::Directory => dest.dir(path, e.meta.clone())?,
+            T::Regular | T::Continuous | T::GNUSparse => {
+                let size = e.apparent_size();
+                let mut f = dest.file(path, size)?;
+                match &e.sparse {
+                    None => {
+                        tree::copy_sparse(&mut archive.data(), &mut f, &cancelled)
+                            .map_err(copy_err)?;
+                    }
+                    Some((_, segments)) => {
+                        for (off, len) in segments {
+                            f.seek(SeekFrom::Start(*off)).map_err(copy_err)?;
+                            tree::copy_sparse(&mut archive.data().take(*len), &mut f, &cancelled)
+                                .map_err(copy_err)?;
+                        }
+                    }
+                }
+                dest.finish_file(&f, size, &e.meta, path)?;
             }
-            tar::EntryType::Symlink => {
-                let target = link.ok_or_else(|| Error::Io {
-                    what: "symlink without target".into(),
-                    source: std::io::ErrorKind::InvalidData.into(),
-                })?;
-                dest.symlink(&path, &target, &meta)?;
-            }
-            tar::EntryType::Link => {
-                let target = link.ok_or_else(|| Error::Io {
-                    what: "hard link without target".into(),
-                    source: std::io::ErrorKind::InvalidData.into(),
-                })?;
-                dest.hardlink(&path, &target)?;
-            }
-            tar::EntryType::Fifo => dest.special(&path, Kind::Fifo, 0, &meta)?,
-            tar::EntryType::Char => dest.special(&path, Kind::Char, rdev, &meta)?,
-            tar::EntryType::Block => dest.special(&path, Kind::Block, rdev, &meta)?,
-            tar::EntryType::XGlobalHeader => {}
+            T::Symlink => dest.symlink(path, &target()?, &e.meta)?,
+            T::Link => dest.hardlink(path, &target()?)?,
+            T::Fifo => dest.special(path, Kind::Fifo, 0, &e.meta)?,
+            T::Char => dest.special(path, Kind::Char, e.rdev, &e.meta)?,
+            T::Block => dest.special(path, Kind::Block, e.rdev, &e.meta)?,
             other => {
-                return Err(Error::Io {
-                    what: format!(
-                        "unsupported entry type {other:?} at {}",
-                        String::from_utf8_lossy(&path)
+                return Err(Error::Refused {
+                    reason: format!(
+                        "an entry of unsupported type {other:?} at {}",
+                        tree::show(path)
                     ),
-                    source: std::io::ErrorKind::InvalidData.into(),
                 });
             }
         }
@@ -755,9 +884,16 @@ pub fn clone_tree(
                     let Ok((src, dst, size, meta, path)) = job else {
                         return;
                     };
-                    let res = copy_data(&src, &dst, size).map_err(|e| Error::Io {
-                        what: format!("copy {}", String::from_utf8_lossy(&path)),
-                        source: e,
+                    let halt = || cancel.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed);
+                    let res = copy_data(&src, &dst, size, &halt).map_err(|e| {
+                        if halt() {
+                            Error::Tree(tree::Error::Cancelled)
+                        } else {
+                            Error::Io {
+                                what: format!("copy {}", tree::show(&path)),
+                                source: e,
+                            }
+                        }
                     });
                     let res = res.and_then(|()| {
                         dest.lock()
@@ -794,7 +930,7 @@ pub fn clone_tree(
                         } else {
                             let (f, st) = tree::open_file(v.parent, v.name, v.path, v.stat)?;
                             meta.xattrs = tree::read_xattrs(f.as_fd());
-                            let out = d.file(v.path)?;
+                            let out = d.file(v.path, st.st_size.max(0) as u64)?;
                             drop(d);
                             tx.send((f, out, st.st_size as u64, meta, v.path.to_vec()))
                                 .map_err(|_| tree::Error::Cancelled)?;
@@ -830,7 +966,7 @@ pub fn clone_tree(
 
 /// Copies a file's data: a reflink where the filesystem shares extents,
 /// else copy_file_range over the data segments only (holes stay holes).
-fn copy_data(src: &File, dst: &File, size: u64) -> std::io::Result<()> {
+fn copy_data(src: &File, dst: &File, size: u64, cancel: &dyn Fn() -> bool) -> std::io::Result<()> {
     use nix::unistd::{Whence, lseek};
     // FICLONE: _IOW(0x94, 9, int)
     const FICLONE: nix::libc::c_ulong = 0x4004_9409;
@@ -861,7 +997,11 @@ fn copy_data(src: &File, dst: &File, size: u64) -> std::io::Result<()> {
         let mut pos_in = data;
         let mut pos_out = data;
         while pos_in < hole {
-            let want = (hole - pos_in) as usize;
+            // in steps, so that a cancel stops a large file too
+            if cancel() {
+                return Err(tree::cancelled());
+            }
+            let want = ((hole - pos_in) as u64).min(tree::CANCEL_EVERY * 16) as usize;
             let n = match nix::fcntl::copy_file_range(
                 src.as_fd(),
                 Some(&mut pos_in),
@@ -877,7 +1017,7 @@ fn copy_data(src: &File, dst: &File, size: u64) -> std::io::Result<()> {
                     | nix::errno::Errno::EOPNOTSUPP
                     | nix::errno::Errno::EINVAL,
                 ) => {
-                    copy_range_rw(src, dst, pos_in, hole)?;
+                    copy_range_rw(src, dst, pos_in, hole, cancel)?;
                     pos_in = hole;
                     break;
                 }
@@ -901,11 +1041,20 @@ impl RawFdI32 for std::os::fd::BorrowedFd<'_> {
     }
 }
 
-fn copy_range_rw(src: &File, dst: &File, from: i64, to: i64) -> std::io::Result<()> {
+fn copy_range_rw(
+    src: &File,
+    dst: &File,
+    from: i64,
+    to: i64,
+    cancel: &dyn Fn() -> bool,
+) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = from as u64;
     while (pos as i64) < to {
+        if cancel() {
+            return Err(tree::cancelled());
+        }
         let want = ((to as u64 - pos) as usize).min(buf.len());
         let n = src.read_at(&mut buf[..want], pos)?;
         if n == 0 {
@@ -1095,7 +1244,7 @@ mod tests {
             &store,
             &m,
             DirFd::open_root(&dst).unwrap(),
-            false,
+            RestoreOptions::default(),
             &AtomicBool::new(false),
         )
         .unwrap();
@@ -1198,7 +1347,7 @@ mod tests {
             &store,
             &m,
             DirFd::open_root(&dst).unwrap(),
-            false,
+            RestoreOptions::default(),
             &AtomicBool::new(false),
         )
         .unwrap_err();
@@ -1215,7 +1364,7 @@ mod tests {
         std::fs::create_dir_all(&dst).unwrap();
         let (files, _) = clone_tree(
             &DirFd::open_root(&src).unwrap(),
-            Dest::new(DirFd::open_root(&dst).unwrap(), false),
+            Dest::new(DirFd::open_root(&dst).unwrap(), tree::Policy::default()),
             4,
             &AtomicBool::new(false),
         )
@@ -1262,6 +1411,379 @@ mod tests {
             "s1#mounted#/srv#.hidden",
         ] {
             assert!(SnapshotId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A store holding the archive of `src`, in `t`.
+    fn archived(t: &Path, src: &Path) -> (Store, Manifest) {
+        std::fs::create_dir_all(t.join("store")).unwrap();
+        let store = Store {
+            dir: DirFd::open_root(&t.join("store")).unwrap(),
+        };
+        let m = create_archive(
+            &DirFd::open_root(src).unwrap(),
+            &store,
+            &Job::new("s", "v", 1),
+            ArchiveOptions {
+                level: 1,
+                threads: 1,
+            },
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        (store, m)
+    }
+
+    fn fresh(t: &Path, name: &str) -> (std::path::PathBuf, DirFd) {
+        let p = t.join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        let d = DirFd::open_root(&p).unwrap();
+        (p, d)
+    }
+
+    #[test]
+    fn restore_is_bounded_by_the_capacity_and_removes_what_it_wrote() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a"), vec![1u8; 4096]).unwrap();
+        std::fs::write(src.join("b"), vec![2u8; 4096]).unwrap();
+        let (store, m) = archived(t.path(), &src);
+        let (dst, d) = fresh(t.path(), "dst");
+        let opts = RestoreOptions {
+            capacity: 6000,
+            ..Default::default()
+        };
+        let err = restore(&store, &m, d, opts, &AtomicBool::new(false)).unwrap_err();
+        assert!(
+            matches!(err, Error::Tree(tree::Error::OverLimit { limit: 6000, .. })),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&dst).unwrap().count(),
+            0,
+            "first file kept"
+        );
+        // the capacity that holds it
+        let (dst, d) = fresh(t.path(), "dst2");
+        let opts = RestoreOptions {
+            capacity: 8192,
+            ..Default::default()
+        };
+        restore(&store, &m, d, opts, &AtomicBool::new(false)).unwrap();
+        assert_eq!(std::fs::read(dst.join("b")).unwrap(), vec![2u8; 4096]);
+        // a manifest that understates the data: bounded by it plus slack
+        let mut small = m.clone();
+        small.size_bytes = 10;
+        small.file_count = 2;
+        assert_eq!(restore_limits(&small, 0), (10 + SLACK_BYTES, 2 + 16));
+        assert_eq!(restore_limits(&small, 5).0, 5);
+    }
+
+    /// A tar stream of one `size`-byte file of non-zero data.
+    fn one_big_file(size: u64) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "big", std::io::repeat(7).take(size))
+            .unwrap();
+        b.into_inner().unwrap()
+    }
+
+    /// Reads `inner`, raising `cancel` once `after` bytes were read.
+    struct CancelAfter<'a> {
+        inner: &'a [u8],
+        read: u64,
+        after: u64,
+        cancel: &'a AtomicBool,
+    }
+
+    impl Read for CancelAfter<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read += n as u64;
+            if self.read >= self.after {
+                self.cancel.store(true, Ordering::Relaxed);
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn cancel_stops_a_restore_inside_a_large_entry() {
+        let t = tempfile::tempdir().unwrap();
+        let tar = one_big_file(64 << 20);
+        let cancel = AtomicBool::new(false);
+        let mut src = CancelAfter {
+            inner: &tar,
+            read: 0,
+            after: 8 << 20,
+            cancel: &cancel,
+        };
+        let (_, d) = fresh(t.path(), "dst");
+        let err = extract(&mut src, Dest::new(d, tree::Policy::default()), &cancel).unwrap_err();
+        assert!(matches!(err, Error::Tree(tree::Error::Cancelled)), "{err}");
+        assert!(
+            src.read < 16 << 20,
+            "read {} MiB of 64 after the cancel at 8",
+            src.read >> 20
+        );
+    }
+
+    #[test]
+    fn directory_modes_and_times_survive_what_is_written_inside() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        for d in ["a/b/c", "a/x", "z"] {
+            std::fs::create_dir_all(src.join(d)).unwrap();
+        }
+        std::fs::write(src.join("a/b/c/f"), b"f").unwrap();
+        std::fs::write(src.join("a/x/g"), b"g").unwrap();
+        let dirs = ["a", "a/b", "a/b/c", "a/x", "z"];
+        for (i, d) in dirs.iter().enumerate() {
+            TimeSpecPair::at(1_500_000_000 + i as i64).apply(&src.join(d));
+        }
+        std::fs::set_permissions(src.join("a/b"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        let (store, m) = archived(t.path(), &src);
+        let (dst, d) = fresh(t.path(), "dst");
+        restore(
+            &store,
+            &m,
+            d,
+            RestoreOptions::default(),
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        for d in dirs {
+            let (a, b) = (
+                std::fs::metadata(src.join(d)).unwrap(),
+                std::fs::metadata(dst.join(d)).unwrap(),
+            );
+            assert_eq!(a.mtime(), b.mtime(), "{d} mtime");
+            assert_eq!(a.mode(), b.mode(), "{d} mode");
+        }
+    }
+
+    #[test]
+    fn system_xattrs_are_restored_and_cloned_only_when_allowed() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "SKIPPED system_xattrs_are_restored_and_cloned_only_when_allowed: needs root"
+            );
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f"), b"data").unwrap();
+        if !xattr_set(&src.join("f"), "trusted.nfs-csi-test", b"t") {
+            eprintln!(
+                "SKIPPED system_xattrs_are_restored_and_cloned_only_when_allowed: no trusted xattrs here"
+            );
+            return;
+        }
+        let user = xattr_set(&src.join("f"), "user.nfs-csi-test", b"u");
+        let (store, m) = archived(t.path(), &src);
+        for allowed in [false, true] {
+            let policy = tree::Policy {
+                allow_devices: false,
+                system_xattrs: allowed,
+            };
+            let (r, d) = fresh(t.path(), &format!("restored-{allowed}"));
+            let opts = RestoreOptions {
+                policy,
+                capacity: 0,
+            };
+            restore(&store, &m, d, opts, &AtomicBool::new(false)).unwrap();
+            let (c, d) = fresh(t.path(), &format!("cloned-{allowed}"));
+            clone_tree(
+                &DirFd::open_root(&src).unwrap(),
+                Dest::new(d, policy),
+                2,
+                &AtomicBool::new(false),
+            )
+            .unwrap();
+            for out in [r, c] {
+                let f = out.join("f");
+                assert_eq!(
+                    xattr_get(&f, "trusted.nfs-csi-test").is_some(),
+                    allowed,
+                    "{}",
+                    f.display()
+                );
+                if user {
+                    assert_eq!(xattr_get(&f, "user.nfs-csi-test"), Some(b"u".to_vec()));
+                }
+            }
+        }
+    }
+
+    /// A small archive (as a tar stream) with every kind of entry.
+    fn small_tar() -> &'static [u8] {
+        static TAR: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        TAR.get_or_init(|| {
+            let t = tempfile::tempdir().unwrap();
+            let root = t.path();
+            std::fs::create_dir_all(root.join("d/e")).unwrap();
+            std::fs::write(root.join("d/e/f"), b"some text").unwrap();
+            std::fs::hard_link(root.join("d/e/f"), root.join("h")).unwrap();
+            symlink("d/e/f", root.join("l")).unwrap();
+            let long = "y".repeat(130);
+            std::fs::write(root.join(&long), b"long name").unwrap();
+            let f = File::create(root.join("sparse")).unwrap();
+            f.set_len(1 << 20).unwrap();
+            use std::os::unix::fs::FileExt;
+            for i in 0..6u64 {
+                f.write_all_at(b"x", i * 150_000).unwrap();
+            }
+            let _ = xattr_set(&root.join("d/e/f"), "user.k", b"v\n=");
+            let (_, _, tar) = write_tar(
+                &DirFd::open_root(root).unwrap(),
+                Vec::new(),
+                &AtomicBool::new(false),
+            )
+            .unwrap();
+            tar
+        })
+    }
+
+    /// Extracts `data` into a fresh directory with small limits: it must
+    /// restore or fail, never panic or run away.
+    fn extract_any(data: &[u8]) -> Result<(u64, u64)> {
+        let t = tempfile::tempdir().unwrap();
+        let (_, d) = fresh(t.path(), "dst");
+        let dest = Dest::new(d, tree::Policy::default()).limits(64 << 20, 1000);
+        extract(&mut &data[..], dest, &AtomicBool::new(false))
+    }
+
+    #[test]
+    fn the_small_archive_restores_and_its_bounds_hold() {
+        extract_any(small_tar()).unwrap();
+        let mut pax = Vec::new();
+        for (key, size) in [
+            (tar::EntryType::XHeader, reader::MAX_PAX + 1),
+            (tar::EntryType::GNULongName, 5000),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(key);
+            h.set_size(size);
+            h.set_cksum();
+            pax.clear();
+            pax.extend_from_slice(h.as_bytes());
+            pax.resize(pax.len() + size as usize + 1024, b'a');
+            let err = extract_any(&pax).unwrap_err();
+            assert!(matches!(err, Error::Refused { .. }), "{err}");
+        }
+        // PAX headers piling up for one entry (their xattrs would be kept)
+        let mut piled = Vec::new();
+        for _ in 0..2 {
+            let rec = b"12 uid=1000\n";
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::XHeader);
+            h.set_size(rec.len() as u64);
+            h.set_cksum();
+            piled.extend_from_slice(h.as_bytes());
+            piled.extend_from_slice(rec);
+            piled.resize(piled.len().div_ceil(512) * 512, 0);
+        }
+        piled.extend_from_slice(small_tar());
+        let err = extract_any(&piled).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        // a bad header checksum, a truncated entry: corrupt
+        let mut bad = small_tar().to_vec();
+        bad[150] ^= 0x10;
+        assert!(matches!(extract_any(&bad), Err(Error::Corrupt { .. })));
+        let cut = &small_tar()[..2048];
+        let err = extract_any(cut).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_zstd_window_beyond_the_cap_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("store")).unwrap();
+        let store = Store {
+            dir: DirFd::open_root(&t.path().join("store")).unwrap(),
+        };
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+        enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(WINDOW_LOG_MAX + 2))
+            .unwrap();
+        enc.write_all(small_tar()).unwrap();
+        let data = enc.finish().unwrap();
+        std::fs::write(t.path().join("store").join(ARCHIVE), &data).unwrap();
+        let m = Manifest {
+            name: "s".into(),
+            source_volume_id: "v".into(),
+            created_unix: 0,
+            created_nanos: 0,
+            size_bytes: 1 << 20,
+            file_count: 100,
+            archive_bytes: data.len() as u64,
+            sha256: hex::encode(Sha256::digest(&data)),
+            compression: "zstd".into(),
+            level: 1,
+        };
+        let (_, d) = fresh(t.path(), "dst");
+        let err = restore(
+            &store,
+            &m,
+            d,
+            RestoreOptions::default(),
+            &AtomicBool::new(false),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+                let _ = extract_any(&data);
+            }
+
+            #[test]
+            fn mutated_archives_never_panic(
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+                cut in any::<prop::sample::Index>(),
+                truncate in any::<bool>(),
+            ) {
+                let mut data = small_tar().to_vec();
+                for (i, b) in flips {
+                    let i = i.index(data.len());
+                    data[i] = b;
+                }
+                if truncate {
+                    data.truncate(cut.index(data.len()));
+                }
+                let _ = extract_any(&data);
+            }
+
+            #[test]
+            fn arbitrary_archive_files_fail_cleanly(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
+                let t = tempfile::tempdir().unwrap();
+                std::fs::create_dir_all(t.path().join("store")).unwrap();
+                let store = Store { dir: DirFd::open_root(&t.path().join("store")).unwrap() };
+                std::fs::write(t.path().join("store").join(ARCHIVE), &data).unwrap();
+                let m = Manifest {
+                    name: "s".into(), source_volume_id: "v".into(), created_unix: 0,
+                    created_nanos: 0, size_bytes: 1 << 20, file_count: 100,
+                    archive_bytes: data.len() as u64,
+                    sha256: hex::encode(Sha256::digest(&data)),
+                    compression: "zstd".into(), level: 1,
+                };
+                let (dst, d) = fresh(t.path(), "dst");
+                let res = restore(&store, &m, d, RestoreOptions::default(), &AtomicBool::new(false));
+                if res.is_err() {
+                    prop_assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 0);
+                }
+            }
         }
     }
 }

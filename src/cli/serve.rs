@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// Restore device nodes found in snapshots and clone sources.
     #[arg(long, env = "ALLOW_DEVICE_NODES")]
     allow_device_nodes: bool,
+    /// Restore security.* and trusted.* xattrs (capabilities, SELinux
+    /// labels...) found in snapshots and clone sources.
+    #[arg(long, env = "RESTORE_SYSTEM_XATTRS")]
+    restore_system_xattrs: bool,
     /// zstd level of snapshot archives (1-19; a VolumeSnapshotClass may set
     /// compressionLevel).
     #[arg(long, env = "SNAPSHOT_LEVEL", default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=19))]
@@ -109,6 +113,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         inline_servers: args.inline_servers,
         nfs_default_options: args.nfs_mount_options,
         allow_device_nodes: args.allow_device_nodes,
+        restore_system_xattrs: args.restore_system_xattrs,
         snapshot_level: args.snapshot_level,
         snapshot_threads: args
             .snapshot_threads

@@ -79,6 +79,10 @@ pub enum Error {
     SnapshotExists { name: String, existing: String },
     #[error("{0}")]
     JobFailed(String),
+    /// A restore or clone failed; `code` is its error's (see
+    /// `grpc::status::code`).
+    #[error("{message}")]
+    Populate { message: String, code: tonic::Code },
     #[error("limit_bytes {limit} is below the volume's capacity {current}; volumes do not shrink")]
     CannotShrink { limit: i64, current: i64 },
     #[error(

@@ -34,7 +34,8 @@ pub(super) fn populate_blocking(
     root: &Path,
     subdir: &RelPath,
     from: &ContentOrigin,
-    allow_devices: bool,
+    policy: tree::Policy,
+    capacity: i64,
     threads: usize,
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<()> {
@@ -49,7 +50,11 @@ pub(super) fn populate_blocking(
             let manifest = store
                 .manifest()?
                 .ok_or_else(|| Error::SnapshotNotReady(key.clone()))?;
-            snapshot::restore(&store, &manifest, dest, allow_devices, cancel)?
+            let opts = snapshot::RestoreOptions {
+                policy,
+                capacity: capacity.max(0) as u64,
+            };
+            snapshot::restore(&store, &manifest, dest, opts, cancel)?
         }
         ContentOrigin::Volume {
             root: src_root,
@@ -58,12 +63,7 @@ pub(super) fn populate_blocking(
             let src_dir = DirFd::open_root(src_root)?
                 .walk(src)?
                 .ok_or_else(|| Error::NotFound(src.as_str().to_string()))?;
-            snapshot::clone_tree(
-                &src_dir,
-                tree::Dest::new(dest, allow_devices),
-                threads,
-                cancel,
-            )?
+            snapshot::clone_tree(&src_dir, tree::Dest::new(dest, policy), threads, cancel)?
         }
     };
     let meta = Meta::open(root, false)?.ok_or_else(missing)?;
@@ -165,21 +165,34 @@ impl ControllerService {
         id: &VolumeId,
         root: PathBuf,
         source: Populate,
+        capacity: i64,
     ) -> Result<()> {
         let key = format!("populate:{id}");
         let root_of = root.clone();
         let subdir = id.subdir.clone();
-        let allow_devices = self.config.allow_device_nodes;
+        let policy = tree::Policy {
+            allow_devices: self.config.allow_device_nodes,
+            system_xattrs: self.config.restore_system_xattrs,
+        };
         let threads = self.config.snapshot_threads as usize;
         let job = self.jobs.start(&key, move |cancel| {
-            let res =
-                populate_blocking(&root, &subdir, &source.from, allow_devices, threads, cancel);
+            let res = populate_blocking(
+                &root,
+                &subdir,
+                &source.from,
+                policy,
+                capacity,
+                threads,
+                cancel,
+            );
             let m = crate::sys::metrics::get();
             match source.from {
                 ContentOrigin::Snapshot { .. } => crate::sys::metrics::outcome(&m.restores, &res),
                 ContentOrigin::Volume { .. } => crate::sys::metrics::outcome(&m.clones, &res),
             }
-            res.map_err(|e| crate::sys::text::chain(&e))
+            // The failure keeps the error's gRPC code (`jobs::Failure`
+            // from a `controller::Error`: `grpc::status`, the one mapping).
+            res
         });
         // Wait as long as the caller does; the job goes on if it gives up.
         match self
@@ -200,7 +213,10 @@ impl ControllerService {
                 if let Err(e) | Ok(Err(e)) = cleanup.map_err(Error::from) {
                     tracing::error!(volume_id = %id, error = %e, "cannot discard the failed volume");
                 }
-                Err(Error::JobFailed(format!("populating volume {id}: {msg}")))
+                Err(Error::Populate {
+                    message: format!("populating volume {id}: {}", msg.message),
+                    code: msg.code,
+                })
             }
             None => Err(Error::JobFailed(format!(
                 "populating volume {id} is still running"

@@ -146,7 +146,7 @@ impl ControllerService {
         if !rec.populated
             && let Some(source) = source
         {
-            self.populate(&id, root, source).await?;
+            self.populate(&id, root, source, rec.capacity_bytes).await?;
         }
         tracing::info!(volume_id = %id, capacity = rec.capacity_bytes, "volume ready");
         Ok(csi::CreateVolumeResponse {

@@ -5,7 +5,7 @@ use nix::errno::Errno;
 use tonic::{Code, Status};
 
 use crate::storage::{self, export};
-use crate::sys::{command, hostpath, inflight, mount, mountopts, offload, safefs};
+use crate::sys::{command, hostpath, inflight, jobs, mount, mountopts, offload, safefs};
 use crate::{controller, node, snapshot, tree};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,7 @@ fn tree_code(e: &tree::Error) -> Code {
         | tree::Error::Conflict { .. }
         | tree::Error::BadLink { .. } => Code::FailedPrecondition,
         tree::Error::Cancelled | tree::Error::Changed { .. } => Code::Aborted,
+        tree::Error::OverLimit { .. } => Code::OutOfRange,
     }
 }
 
@@ -65,7 +66,8 @@ fn errno_code(e: Errno) -> Code {
 
 fn mount_code(e: &mount::Error) -> Code {
     match e {
-        mount::Error::Command(command::Error::TimedOut { .. }) => Code::Unavailable,
+        mount::Error::Command(command::Error::TimedOut { .. })
+        | mount::Error::NothingMounted { .. } => Code::Unavailable,
         mount::Error::Syscall { cause, .. } | mount::Error::Unmount { cause, .. } => {
             errno_code(*cause)
         }
@@ -96,6 +98,7 @@ fn export_code(e: &export::Error) -> Code {
         export::Error::Missing { .. } => Code::FailedPrecondition,
         export::Error::Mount { source, .. } => mount_code(source),
         export::Error::State { .. } => Code::Internal,
+        export::Error::Overlap { .. } => Code::FailedPrecondition,
     }
 }
 
@@ -109,7 +112,10 @@ fn offload_code(e: &offload::Error) -> Code {
 fn snapshot_code(e: &snapshot::Error) -> Code {
     match e {
         snapshot::Error::InvalidId { .. } => Code::NotFound,
-        snapshot::Error::Checksum { .. } => Code::DataLoss,
+        snapshot::Error::Checksum { .. }
+        | snapshot::Error::Length { .. }
+        | snapshot::Error::Corrupt { .. } => Code::DataLoss,
+        snapshot::Error::Refused { .. } => Code::FailedPrecondition,
         snapshot::Error::Tree(t) => tree_code(t),
         snapshot::Error::Fs(f) => fs_code(f),
         snapshot::Error::Io { .. } | snapshot::Error::BadJson(..) => Code::Internal,
@@ -139,6 +145,7 @@ fn controller_code(e: &controller::Error) -> Code {
         C::TooSmall { .. } | C::CannotShrink { .. } => Code::OutOfRange,
         C::SnapshotExists { .. } => Code::AlreadyExists,
         C::JobFailed(_) => Code::Internal,
+        C::Populate { code, .. } => *code,
         C::DirInUse { .. } => Code::FailedPrecondition,
         C::SnapshotParameter { .. } => Code::InvalidArgument,
         C::AlreadyExists { .. } => Code::AlreadyExists,
@@ -194,6 +201,18 @@ pub fn code(err: &Error) -> Code {
         Error::Tree(t) => tree_code(t),
         Error::HostPath(e) => hostpath_code(e),
         Error::MountOption(_) => Code::InvalidArgument,
+    }
+}
+
+/// A job's failure keeps its error's gRPC code, so the RPC waiting for it
+/// answers what the error would have (a restore's DATA_LOSS, OUT_OF_RANGE...).
+impl From<controller::Error> for jobs::Failure {
+    fn from(e: controller::Error) -> jobs::Failure {
+        let message = chain(&e);
+        jobs::Failure {
+            code: code(&Error::Controller(e)),
+            message,
+        }
     }
 }
 

@@ -110,6 +110,13 @@ impl NodeService {
             options.retain(|o| o != "rw");
             options.push("ro".into());
         }
+        // A pod's own NFS mount never carries setuid binaries or device
+        // nodes onto the host's mount table.
+        for o in ["nosuid", "nodev"] {
+            if !options.iter().any(|x| x == o) {
+                options.push(o.into());
+            }
+        }
         Ok((source, options))
     }
 }

@@ -504,5 +504,11 @@ mod tests {
             "{:?}",
             fake.calls()
         );
+        // a pod's NFS mount never carries setuid binaries or devices
+        assert!(
+            fake.calls()[0].ends_with(",nosuid,nodev"),
+            "{:?}",
+            fake.calls()
+        );
     }
 }

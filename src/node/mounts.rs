@@ -83,10 +83,17 @@ impl NodeService {
     pub(super) async fn teardown(&self, path: &Path) -> Result<()> {
         let base = self.base();
         for _ in 0..8 {
-            let Some(Some(entry)) = self.find_mount(path).await? else {
+            let Some((dir, Some(entry))) = self.find_mount(path).await? else {
                 break;
             };
-            let alive = !entry.is_nfs() || self.statvfs(path).await.is_ok();
+            // The probe holds the descriptor; anything else lets it go
+            // before the unmount, which it would otherwise keep busy.
+            let alive = if entry.is_nfs() {
+                self.statvfs(dir).await.is_ok()
+            } else {
+                drop(dir);
+                true
+            };
             if !alive {
                 tracing::warn!(path = %path.display(), "server not responding: detaching lazily");
             }
@@ -115,9 +122,13 @@ impl NodeService {
         .await?
     }
 
-    /// What is at `path`: nothing (`None`), or a directory and the mount
-    /// exactly on it, if any. A symlink or a file there is an error.
-    pub(super) async fn find_mount(&self, path: &Path) -> Result<Option<Option<MountEntry>>> {
+    /// What is at `path`: nothing (`None`), or the directory (held open)
+    /// and the mount exactly on it, if any. A symlink or a file there is an
+    /// error.
+    pub(super) async fn find_mount(
+        &self,
+        path: &Path,
+    ) -> Result<Option<(hostpath::HostDir, Option<MountEntry>)>> {
         let (m, base, p) = (self.mounter.clone(), self.base(), path.to_path_buf());
         offload::run("find mount", self.config.fs_timeout, move || {
             let Some(hp) = HostPath::resolve(&base, &p, false)? else {
@@ -127,7 +138,8 @@ impl NodeService {
                 return Ok(None);
             };
             let table = m.mounts()?;
-            Ok(Some(mounted_at(m.as_ref(), &table, &hp, &dir)?.cloned()))
+            let entry = mounted_at(m.as_ref(), &table, &hp, &dir)?.cloned();
+            Ok(Some((dir, entry)))
         })
         .await?
     }

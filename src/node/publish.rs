@@ -48,9 +48,13 @@ impl NodeService {
         let staging = self.path("staging_target_path", &req.staging_target_path)?;
         let single_writer = is_single_writer(req.volume_capability.as_ref());
         let expected = self.stage_source(&req.volume_id, &req.volume_context, &flags)?;
-        let _guard = self
-            .inflight
-            .acquire(&[format!("path:{}", target.display())])?;
+        // A ReadWriteOncePod publish also holds its staging path, so two at
+        // once for one volume cannot both pass the check below.
+        let mut keys = vec![format!("path:{}", target.display())];
+        if single_writer {
+            keys.push(format!("single-writer:{}", staging.display()));
+        }
+        let _guard = self.inflight.acquire(&keys)?;
         let (m, base, ro) = (self.mounter.clone(), self.base(), req.readonly);
         let (stg, tgt) = (staging.clone(), target.clone());
         let outcome = offload::run(

@@ -1,8 +1,6 @@
 //! NodeGetVolumeStats: usage and health of a published volume; statvfs
 //! runs on the blocking pool under `--stats-timeout`.
 
-use std::path::Path;
-
 use nix::errno::Errno;
 
 use crate::grpc::csi::v1::{self as csi, VolumeCondition};
@@ -28,19 +26,18 @@ pub(super) fn usage(
 }
 
 impl NodeService {
-    /// statvfs of a mount point under the stats timeout, one at a time.
+    /// statvfs of a mount point, through its descriptor (the path is not
+    /// resolved again), under the stats timeout, one at a time per path.
     pub(super) async fn statvfs(
         &self,
-        path: &Path,
+        dir: hostpath::HostDir,
     ) -> Result<std::result::Result<safefs::FsStats, Errno>> {
-        let p = path.to_path_buf();
+        let label = format!("statvfs {}", dir.path().display());
         Ok(self
             .probes
-            .run(
-                &format!("statvfs {}", path.display()),
-                self.config.stats_timeout,
-                move || safefs::fs_stats(&p),
-            )
+            .run(&label, self.config.stats_timeout, move || {
+                safefs::fs_stats_fd(dir.fd())
+            })
             .await?)
     }
 
@@ -60,13 +57,13 @@ impl NodeService {
         };
         let path = absolute_path("volume_path", &req.volume_path).map_err(|_| no_volume())?;
         hostpath::check_below(&self.base(), &path)?;
-        match self.find_mount(&path).await? {
+        let dir = match self.find_mount(&path).await? {
             None => return Err(no_volume()),
-            Some(None) => return Err(Error::NotMounted { path }),
-            Some(Some(_)) => {}
-        }
+            Some((_, None)) => return Err(Error::NotMounted { path }),
+            Some((dir, Some(_))) => dir,
+        };
         let secs = self.config.stats_timeout.as_secs().max(1);
-        let (usage, condition) = match self.statvfs(&path).await {
+        let (usage, condition) = match self.statvfs(dir).await {
             Ok(Ok(s)) => (
                 vec![
                     usage(

@@ -28,9 +28,19 @@ use crate::sys::offload::{self, Probes};
 use crate::sys::safefs::{self, FsStats};
 use crate::sys::text::quote;
 
-/// Host directories that are never a `mountedShare` root (nor below one):
-/// the host's own system trees. A `lib*` top directory is refused too.
+/// Host directories that are never a `mountedShare` root, nor below one,
+/// nor above one (a root above them would let a `subDir` adopt them): the
+/// host's own system trees and the kubelet's and container runtimes' state.
+/// A `lib*` top directory is refused too.
 const SYSTEM_TREES: &[&str] = &[
+    "/root",
+    "/var/lib/containerd",
+    "/var/lib/docker",
+    "/var/lib/k0s",
+    "/var/lib/rancher",
+    "/var/lib/containers",
+    "/var/lib/cni",
+    "/var/lib/etcd",
     "/proc",
     "/sys",
     "/dev",
@@ -66,11 +76,16 @@ fn refused_root(root: &Path, allowed: &[PathBuf]) -> Option<String> {
         .nth(1)
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .unwrap_or_default();
-    if first.starts_with("lib") || SYSTEM_TREES.iter().any(|t| root.starts_with(t)) {
+    if first.starts_with("lib")
+        || SYSTEM_TREES
+            .iter()
+            .any(|t| root.starts_with(t) || Path::new(t).starts_with(root))
+    {
         return Some(format!(
-            "{} is in a host system directory (/proc, /sys, /dev, /etc, /boot, /usr, /bin, \
-             /sbin, /lib*, /run, /var/lib/kubelet); use a directory made for shared data",
-            quote(&root.to_string_lossy())
+            "{} is, holds or is in a host system directory ({}, /lib*); use a directory made \
+             for shared data",
+            quote(&root.to_string_lossy()),
+            SYSTEM_TREES.join(", ")
         ));
     }
     if !allowed.is_empty() && !allowed.iter().any(|a| root.starts_with(a)) {
@@ -269,6 +284,33 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "export {export} overlaps the known export {known} (one holds the other's directory), so \
+         one volume could hold another's; use one of them, or directories side by side"
+    )]
+    Overlap { export: String, known: String },
+}
+
+/// Whether two exports hold each other's data: one root inside the other's
+/// (never the same one).
+fn overlaps(a: &ExportSpec, b: &ExportSpec) -> bool {
+    let nested = |x: &Path, y: &Path| x != y && (x.starts_with(y) || y.starts_with(x));
+    match (a, b) {
+        (ExportSpec::Mounted { root: x }, ExportSpec::Mounted { root: y }) => nested(x, y),
+        (
+            ExportSpec::Nfs {
+                server: s1,
+                share: x,
+                ..
+            },
+            ExportSpec::Nfs {
+                server: s2,
+                share: y,
+                ..
+            },
+        ) => s1.eq_ignore_ascii_case(s2) && nested(Path::new(x), Path::new(y)),
+        _ => false,
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -385,6 +427,12 @@ impl Exports {
             let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
             if known.contains_key(&spec.key()) && !self.unsaved.load(Ordering::SeqCst) {
                 return Ok(());
+            }
+            if let Some(other) = known.values().find(|k| overlaps(k, spec)) {
+                return Err(Error::Overlap {
+                    export: spec.key(),
+                    known: other.key(),
+                });
             }
             known.insert(spec.key(), spec.clone());
         }
@@ -711,6 +759,13 @@ mod tests {
             "/run/secrets",
             "/var/lib/kubelet",
             "/var/lib/kubelet/pods",
+            // roots above a system tree: a subDir could adopt it
+            "/var",
+            "/var/lib",
+            "/var/lib/k0s",
+            "/var/lib/k0s/kubelet",
+            "/var/lib/containerd",
+            "/root",
         ] {
             assert!(ExportSpec::mounted(bad).is_err(), "{bad}");
             assert!(ExportSpec::parse_flag(bad).is_err(), "{bad}");
@@ -759,6 +814,35 @@ mod tests {
         }
         let again = Exports::open(work.path(), vec![], fake, timeouts()).unwrap();
         assert_eq!(again.known().len(), 40);
+    }
+
+    #[tokio::test]
+    async fn an_export_inside_or_around_a_known_one_is_refused() {
+        let work = tempfile::tempdir().unwrap();
+        let outer = work.path().join("shared");
+        let inner = outer.join("team");
+        std::fs::create_dir_all(&inner).unwrap();
+        let fake = Arc::new(FakeMounter::default());
+        let exports = Exports::open(work.path(), vec![], fake.clone(), timeouts()).unwrap();
+        let m = |p: &Path| ExportSpec::mounted(&p.display().to_string()).unwrap();
+        exports.remember(&m(&outer)).await.unwrap();
+        exports.remember(&m(&outer)).await.unwrap();
+        let err = exports.remember(&m(&inner)).await.unwrap_err();
+        assert!(matches!(err, Error::Overlap { .. }), "{err}");
+        let nfs = |share: &str| ExportSpec::nfs("nfs.example", share, &[]).unwrap();
+        exports.remember(&nfs("/exports/team")).await.unwrap();
+        // the same share with other options is the same data: fine
+        exports
+            .remember(&ExportSpec::nfs("nfs.example", "/exports/team", &["hard".into()]).unwrap())
+            .await
+            .unwrap();
+        for share in ["/exports", "/exports/team/a"] {
+            let err = exports.remember(&nfs(share)).await.unwrap_err();
+            assert!(matches!(err, Error::Overlap { .. }), "{share}: {err}");
+        }
+        exports.remember(&nfs("/exports/other")).await.unwrap();
+        let again = Exports::open(work.path(), vec![], fake, timeouts()).unwrap();
+        assert_eq!(again.known().len(), 3);
     }
 
     #[test]

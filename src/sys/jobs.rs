@@ -5,7 +5,7 @@
 //! the running job instead of starting a second writer on the same files.
 //! A job's outcome stays until a caller takes it, so a failure is reported
 //! to the next call rather than lost. Jobs can be cancelled; the work checks
-//! the flag between files.
+//! the flag between files and inside large ones.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +15,36 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// How a job ended.
-pub type Outcome = Result<(), String>;
+pub type Outcome = Result<(), Failure>;
+
+/// Why a job failed, and the gRPC code the RPC waiting for it answers
+/// (INTERNAL unless the job says otherwise).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub message: String,
+    pub code: tonic::Code,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            message,
+            code: tonic::Code::Internal,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        message.to_string().into()
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
 
 pub struct Job {
     cancel: Arc<AtomicBool>,
@@ -47,9 +76,10 @@ pub struct Jobs {
 impl Jobs {
     /// The job under `key`, starting `work` on its own thread if there is
     /// none.
-    pub fn start<F>(&self, key: &str, work: F) -> Arc<Job>
+    pub fn start<F, E>(&self, key: &str, work: F) -> Arc<Job>
     where
-        F: FnOnce(&AtomicBool) -> Outcome + Send + 'static,
+        F: FnOnce(&AtomicBool) -> Result<(), E> + Send + 'static,
+        E: Into<Failure>,
     {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(job) = map.get(key) {
@@ -71,13 +101,15 @@ impl Jobs {
         let spawned = std::thread::Builder::new()
             .name("nfs-csi-job".into())
             .spawn(move || {
-                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&cancel)))
-                    .unwrap_or_else(|_| Err(format!("job {name} panicked")));
+                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    work(&cancel).map_err(Into::into)
+                }))
+                .unwrap_or_else(|_| Err(format!("job {name} panicked").into()));
                 let _ = tx.send(Some(out));
             });
         if let Err(e) = spawned {
             map.remove(key);
-            let (tx, rx) = watch::channel(Some(Err(format!("cannot start a thread: {e}"))));
+            let (tx, rx) = watch::channel(Some(Err(format!("cannot start a thread: {e}").into())));
             drop(tx);
             return Arc::new(Job {
                 cancel: Arc::new(AtomicBool::new(false)),
@@ -133,10 +165,10 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let a = jobs.start("k", move |_| {
             let _ = rx.recv();
-            Err("boom".into())
+            Err("boom")
         });
         // the same key joins the running job: this work never runs
-        let b = jobs.start("k", |_| panic!("second job must not start"));
+        let b = jobs.start("k", |_| -> Outcome { panic!("second job must not start") });
         assert!(a.wait(Duration::from_millis(30)).await.is_none());
         assert_eq!(jobs.running(), 1);
         tx.send(()).unwrap();
@@ -148,13 +180,13 @@ mod tests {
         assert!(jobs.get("k").is_some());
         jobs.remove("k");
         // a success is not handed to later work under the same key
-        let ok = jobs.start("k", |_| Ok(()));
+        let ok = jobs.start("k", |_| Ok::<(), String>(()));
         assert_eq!(ok.wait(Duration::from_secs(5)).await, Some(Ok(())));
         let ran = Arc::new(AtomicBool::new(false));
         let r = ran.clone();
         let again = jobs.start("k", move |_| {
             r.store(true, Ordering::SeqCst);
-            Ok(())
+            Ok::<(), String>(())
         });
         assert_eq!(again.wait(Duration::from_secs(5)).await, Some(Ok(())));
         assert!(ran.load(Ordering::SeqCst), "new work must run");
@@ -163,7 +195,7 @@ mod tests {
             while !cancel.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Err("cancelled".into())
+            Err("cancelled")
         });
         c.cancel();
         assert_eq!(

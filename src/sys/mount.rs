@@ -53,6 +53,13 @@ pub enum Error {
     },
     #[error(transparent)]
     Command(#[from] command::Error),
+    #[error(
+        "mount -t nfs {source_path} {target} answered success but no NFS mount is there (is the server answering?)"
+    )]
+    NothingMounted {
+        source_path: String,
+        target: PathBuf,
+    },
 }
 
 /// A directory held open by descriptor, with the path it was reached by
@@ -357,7 +364,15 @@ impl Mounter for SystemMounter {
         args.push(source.to_string());
         args.push(target.to_string_lossy().into_owned());
         command::run("mount", &args, self.command_timeout)?;
-        Ok(())
+        // mount(8) may answer success with nothing mounted (mount.nfs with
+        // `bg` when the server does not answer): trust the table only.
+        match find(&self.mounts()?, target) {
+            Some(m) if m.is_nfs() => Ok(()),
+            _ => Err(Error::NothingMounted {
+                source_path: source.to_string(),
+                target: target.to_path_buf(),
+            }),
+        }
     }
 
     fn unmount(&self, target: &Path) -> Result<()> {
@@ -561,6 +576,33 @@ mod tests {
         let p = t[1].mount_point.clone();
         assert_eq!(find(&t, &p).unwrap().mount_id, 200);
         assert!(find(&t, Path::new("/nowhere")).is_none());
+    }
+
+    #[test]
+    fn a_mount_that_answers_success_without_mounting_is_an_error() {
+        // mount.nfs with `bg` exits 0 at once when the server does not
+        // answer: a stand-in `mount` first on PATH does the same. nextest
+        // runs each test in its own process, so PATH is this test's own.
+        let t = tempfile::tempdir().unwrap();
+        let fake = t.path().join("mount");
+        std::fs::write(&fake, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let path = format!(
+            "{}:{}",
+            t.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        // SAFETY: no other thread of this test process reads the environment.
+        unsafe { std::env::set_var("PATH", path) };
+        let target = t.path().join("mnt");
+        std::fs::create_dir(&target).unwrap();
+        let m = SystemMounter {
+            command_timeout: Duration::from_secs(5),
+            scratch_dir: t.path().join("scratch"),
+        };
+        let err = m.mount_nfs("nfs.example:/e", &target, &[]).unwrap_err();
+        assert!(matches!(err, Error::NothingMounted { .. }), "{err}");
     }
 
     #[test]

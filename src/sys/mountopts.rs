@@ -33,9 +33,13 @@ pub enum Error {
     },
 }
 
-/// Options that change what is mounted (mount(8) and its helpers): refused
-/// everywhere. Compared case-insensitively on the option's name.
+/// Options that change what is mounted (mount(8) and its helpers), or
+/// whether anything is: refused everywhere. `bg` makes mount.nfs answer
+/// success at once and keep trying in the background when the server does
+/// not answer, so nothing would be mounted where the driver expects it.
+/// Compared case-insensitively on the option's name.
 const FORBIDDEN: &[&str] = &[
+    "bg",
     "bind",
     "rbind",
     "move",
@@ -246,6 +250,7 @@ mod tests {
             "X-mount.idmap=b:0:1000:1",
             "helper=foo",
             "offset=0",
+            "bg",
         ] {
             assert!(
                 matches!(check(o), Err(Error::Forbidden(_))),

@@ -470,21 +470,29 @@ pub struct FsStats {
 /// statvfs of `path` (follows the path: only for trusted paths such as an
 /// export root or a mount point the driver made).
 pub fn fs_stats(path: &Path) -> std::result::Result<FsStats, Errno> {
-    let st = nix::sys::statvfs::statvfs(path)?;
-    let frsize = st.fragment_size() as u64;
-    let total = st.blocks() as u64 * frsize;
-    let free = st.blocks_free() as u64 * frsize;
-    let avail = st.blocks_available() as u64 * frsize;
-    let files = st.files() as u64;
-    let ffree = st.files_free() as u64;
-    Ok(FsStats {
+    Ok(to_stats(&nix::sys::statvfs::statvfs(path)?))
+}
+
+/// statvfs of the filesystem an open descriptor (`O_PATH` too) is on.
+pub fn fs_stats_fd(fd: std::os::fd::BorrowedFd<'_>) -> std::result::Result<FsStats, Errno> {
+    Ok(to_stats(&nix::sys::statvfs::fstatvfs(fd)?))
+}
+
+fn to_stats(st: &nix::sys::statvfs::Statvfs) -> FsStats {
+    let frsize = st.fragment_size();
+    let total = st.blocks() * frsize;
+    let free = st.blocks_free() * frsize;
+    let avail = st.blocks_available() * frsize;
+    let files = st.files();
+    let ffree = st.files_free();
+    FsStats {
         total_bytes: total,
         available_bytes: avail,
         used_bytes: total.saturating_sub(free),
         total_inodes: files,
         free_inodes: ffree,
         used_inodes: files.saturating_sub(ffree),
-    })
+    }
 }
 
 #[cfg(test)]
