@@ -5,8 +5,12 @@
 //! Safety assumptions: what is mounted where is read from the kernel's mount
 //! table on every call, so a restarted driver carries on where it stopped,
 //! and a repeated call never stacks a second mount. Paths from requests are
-//! checked (absolute, no `..`, below the kubelet directory when one is
-//! configured). A `mountedShare` directory is opened component by component
+//! checked (absolute, no `..`, strictly below the kubelet directory, `/`
+//! without one) and opened one component at a time by descriptor with no
+//! symlink followed (`sys::hostpath`); mounts are attached onto those
+//! descriptors and unmounts name the exact validated directory, so a path
+//! string is never resolved again. Mount options are checked by
+//! `sys::mountopts`. A `mountedShare` directory is opened component by component
 //! without following symlinks and bound through its descriptor, so a pod
 //! that swaps a directory for a symlink cannot get a host path mounted.
 //! Inline (ephemeral) volumes are off unless the admin enables them, may only
