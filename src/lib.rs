@@ -16,6 +16,5 @@ pub mod tree;
 
 // Phase 2 of the layout (issue 12) moves snapshot.rs and tree.rs into
 // archive/; until then they keep naming these modules at the crate root.
-use storage::export;
 use storage::ids as volume;
 use sys::safefs;

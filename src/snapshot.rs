@@ -36,15 +36,13 @@ use nix::sys::stat::Mode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::export::ExportSpec;
 use crate::safefs::{self, DirFd};
 use crate::tree::{self, Dest, Kind, Links, Meta};
-use crate::volume::{self, RESERVED_DIR};
+use crate::volume::RESERVED_DIR;
 
 pub const ARCHIVE: &str = "archive.tar.zst";
 pub const MANIFEST: &str = "manifest.json";
 pub const JOB: &str = "job.json";
-const ID_TAG: &str = "s1";
 /// Read size for file data (large reads: fewer syscalls, better readahead).
 const READ_BUF: usize = 256 << 10;
 /// Bytes of input per zstd worker job.
@@ -60,8 +58,6 @@ const SLACK_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("snapshot id {id:?} is not an nfs-csi snapshot id: {reason}")]
-    InvalidId { id: String, reason: String },
     #[error(transparent)]
     Tree(#[from] tree::Error),
     #[error(transparent)]
@@ -95,46 +91,6 @@ type Result<T> = std::result::Result<T, Error>;
 fn ioe(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
-}
-
-/// Where a snapshot lives: the export holding it and its directory name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotId {
-    pub export: ExportSpec,
-    pub key: String,
-}
-
-impl SnapshotId {
-    pub fn new(export: ExportSpec, name: &str) -> SnapshotId {
-        SnapshotId {
-            export,
-            key: volume::safe_file_name(name),
-        }
-    }
-
-    pub fn parse(id: &str) -> Result<SnapshotId> {
-        let bad = |reason: String| Error::InvalidId {
-            id: id.to_string(),
-            reason,
-        };
-        let (export, key) = volume::parse_id(ID_TAG, id).map_err(bad)?;
-        let encoded = (key.starts_with("x-") || key.starts_with("h-"))
-            && key.len() > 2
-            && key[2..].bytes().all(|b| b.is_ascii_hexdigit());
-        if volume::safe_file_name(&key) != key && !encoded {
-            return Err(bad("bad snapshot directory name".into()));
-        }
-        if key.is_empty() || key.contains('/') || key.starts_with('.') {
-            return Err(bad("bad snapshot directory name".into()));
-        }
-        Ok(SnapshotId { export, key })
-    }
-}
-
-impl std::fmt::Display for SnapshotId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&volume::format_id(ID_TAG, &self.export, &self.key))
-    }
 }
 
 /// Written when the snapshot is started; fixes its name, source and time.
@@ -1395,23 +1351,6 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, Error::Tree(tree::Error::Cancelled)), "{err}");
         assert!(store.dir.list().unwrap().is_empty());
-    }
-
-    #[test]
-    fn ids_round_trip() {
-        let id = SnapshotId::new(ExportSpec::mounted("/srv/snaps").unwrap(), "snapshot-1234");
-        let s = id.to_string();
-        assert_eq!(s, "s1#mounted#/srv/snaps#snapshot-1234");
-        assert_eq!(SnapshotId::parse(&s).unwrap(), id);
-        for bad in [
-            "",
-            "v1#mounted#/srv#x",
-            "s1#mounted#/srv#..",
-            "s1#mounted#/srv#a%2Fb",
-            "s1#mounted#/srv#.hidden",
-        ] {
-            assert!(SnapshotId::parse(bad).is_err(), "{bad}");
-        }
     }
 
     /// A store holding the archive of `src`, in `t`.

@@ -7,9 +7,9 @@ use std::ffi::OsStr;
 use std::time::Duration;
 
 use crate::grpc::csi::v1::{self as csi};
-use crate::snapshot::{self, SnapshotId, State, Store};
+use crate::snapshot::{self, State, Store};
 use crate::storage::export::ExportSpec;
-use crate::storage::ids::VolumeId;
+use crate::storage::ids::{SnapshotId, VolumeId};
 use crate::storage::params::{self};
 use crate::sys::offload;
 use crate::sys::safefs::DirFd;

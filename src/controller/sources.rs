@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::grpc::csi::v1::{self as csi};
-use crate::snapshot::{self, SnapshotId, State, Store};
-use crate::storage::ids::{RelPath, VolumeId};
+use crate::snapshot::{self, State, Store};
+use crate::storage::ids::{RelPath, SnapshotId, VolumeId};
 use crate::sys::offload;
 use crate::sys::safefs::DirFd;
 use crate::tree;

@@ -87,7 +87,9 @@ fn fs_code(e: &safefs::Error) -> Code {
 
 fn storage_code(e: &storage::Error) -> Code {
     match e {
-        storage::Error::InvalidId { .. } => Code::NotFound,
+        storage::Error::InvalidId { .. } | storage::Error::InvalidSnapshotId { .. } => {
+            Code::NotFound
+        }
         _ => Code::InvalidArgument,
     }
 }
@@ -111,7 +113,6 @@ fn offload_code(e: &offload::Error) -> Code {
 
 fn snapshot_code(e: &snapshot::Error) -> Code {
     match e {
-        snapshot::Error::InvalidId { .. } => Code::NotFound,
         snapshot::Error::Checksum { .. }
         | snapshot::Error::Length { .. }
         | snapshot::Error::Corrupt { .. } => Code::DataLoss,
