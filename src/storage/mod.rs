@@ -8,8 +8,9 @@
 //! - `export`: exports (NFS or a mounted share), the driver's kept mounts of
 //!   them, and the allowed share roots.
 //!
-//! May depend on: `sys` and external crates. Never on `controller`, `node`,
-//! `grpc` or `cli`; their errors are mapped to gRPC codes at the edge.
+//! May depend on: `sys` and external crates. Never on `archive` (which
+//! builds on it), `controller`, `node`, `grpc` or `cli`; their errors are
+//! mapped to gRPC codes at the edge.
 
 pub mod export;
 pub mod ids;
