@@ -3,19 +3,12 @@
 //! host). See docs/architecture.md for how a request flows through these
 //! modules.
 
+pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod grpc;
 pub mod identity;
 pub mod node;
-pub mod snapshot;
 pub mod storage;
 pub mod sys;
-pub mod tree;
-
-// Phase 2 of the layout (issue 12) moves snapshot.rs and tree.rs into
-// archive/; until then they keep naming these modules at the crate root.
-use storage::export;
-use storage::ids as volume;
-use sys::safefs;

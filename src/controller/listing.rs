@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::archive::{State, Store};
 use crate::grpc::csi::v1::{self as csi};
-use crate::snapshot::{SnapshotId, State, Store};
 use crate::storage::export::ExportSpec;
-use crate::storage::ids::{RelPath, VolumeId};
+use crate::storage::ids::{RelPath, SnapshotId, VolumeId};
 use crate::storage::params::VolumeRecord;
 use crate::sys::offload;
 

@@ -16,10 +16,10 @@
 //! `listing` pages ListVolumes and ListSnapshots; `records` keeps the
 //! `.nfs-csi/` records on an export.
 //!
-//! May depend on: `storage`, `sys`, `config` and (until phase 2 of issue 12
-//! moves it to `archive/`) `snapshot`/`tree`, and the generated CSI types
-//! (`grpc::csi`, the vocabulary of every RPC). Never on the rest of `grpc`
-//! (only the unit tests ask `grpc::status` which code an error gets).
+//! May depend on: `storage`, `archive`, `sys`, `config`, and the generated
+//! CSI types (`grpc::csi`, the vocabulary of every RPC). Never on the rest
+//! of `grpc` (only the unit tests ask `grpc::status` which code an error
+//! gets).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -125,9 +125,9 @@ pub enum Error {
     #[error(transparent)]
     Busy(#[from] crate::sys::inflight::Busy),
     #[error(transparent)]
-    Snapshot(#[from] crate::snapshot::Error),
+    Snapshot(#[from] crate::archive::Error),
     #[error(transparent)]
-    Tree(#[from] crate::tree::Error),
+    Tree(#[from] crate::archive::tree::Error),
 }
 
 pub struct ControllerService {

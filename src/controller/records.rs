@@ -6,8 +6,8 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::archive;
 use crate::grpc::csi::v1::VolumeCondition;
-use crate::snapshot::{self};
 use crate::storage::ids::{self, OnDelete, RESERVED_DIR, RelPath};
 use crate::storage::params::VolumeRecord;
 use crate::sys::safefs::{self, DirFd};
@@ -383,7 +383,7 @@ pub(super) fn discard_on_export(root: &Path, subdir: &RelPath) -> Result<()> {
         if rec.as_ref().is_some_and(|r| r.adopted) {
             // It existed (empty) before: take back only what was put in.
             if let Some(d) = dir.child(OsStr::new(leaf))? {
-                snapshot::empty_dir(&d)?;
+                archive::empty_dir(&d)?;
             }
         } else {
             dir.remove_tree(OsStr::new(leaf))?;

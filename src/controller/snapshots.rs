@@ -1,15 +1,15 @@
 //! CreateSnapshot and DeleteSnapshot: the VolumeSnapshotClass parameters,
 //! the archive job, and the CSI view of a snapshot (the archive itself is
-//! `crate::snapshot`; phase 2 of issue 12 moves it to `archive/`).
+//! `crate::archive`).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::time::Duration;
 
+use crate::archive::{self, State, Store};
 use crate::grpc::csi::v1::{self as csi};
-use crate::snapshot::{self, SnapshotId, State, Store};
 use crate::storage::export::ExportSpec;
-use crate::storage::ids::VolumeId;
+use crate::storage::ids::{SnapshotId, VolumeId};
 use crate::storage::params::{self};
 use crate::sys::offload;
 use crate::sys::safefs::DirFd;
@@ -65,7 +65,7 @@ pub(super) fn timestamp(secs: i64, nanos: i32) -> prost_types::Timestamp {
     }
 }
 
-pub(super) fn snapshot_ready(id: &SnapshotId, m: &snapshot::Manifest) -> csi::Snapshot {
+pub(super) fn snapshot_ready(id: &SnapshotId, m: &archive::Manifest) -> csi::Snapshot {
     csi::Snapshot {
         size_bytes: i64::try_from(m.size_bytes).unwrap_or(i64::MAX),
         snapshot_id: id.to_string(),
@@ -76,7 +76,7 @@ pub(super) fn snapshot_ready(id: &SnapshotId, m: &snapshot::Manifest) -> csi::Sn
     }
 }
 
-pub(super) fn snapshot_pending(id: &SnapshotId, j: &snapshot::Job) -> csi::Snapshot {
+pub(super) fn snapshot_pending(id: &SnapshotId, j: &archive::Job) -> csi::Snapshot {
     csi::Snapshot {
         size_bytes: 0,
         snapshot_id: id.to_string(),
@@ -144,7 +144,7 @@ impl ControllerService {
                 });
             }
             if let State::Absent = state {
-                let job = snapshot::Job::new(&name, &source_id, level);
+                let job = archive::Job::new(&name, &source_id, level);
                 store.start(&job)?;
                 return Ok::<_, Error>(State::Pending(job));
             }
@@ -169,17 +169,17 @@ impl ControllerService {
             job_meta.clone(),
         );
         let job = self.jobs.start(&key, move |cancel| {
-            let run = || -> Result<snapshot::Manifest> {
+            let run = || -> Result<archive::Manifest> {
                 let src_dir = DirFd::open_root(&sr)?
                     .walk(&subdir)?
                     .ok_or_else(|| Error::NotFound(jm.source_volume_id.clone()))?;
                 let store =
                     Store::open(&st, &skey, false)?.ok_or(Error::Missing("snapshot directory"))?;
-                Ok(snapshot::create_archive(
+                Ok(archive::create_archive(
                     &src_dir,
                     &store,
                     &jm,
-                    snapshot::ArchiveOptions {
+                    archive::ArchiveOptions {
                         level: jm.level,
                         threads,
                     },

@@ -5,12 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::archive::{self, State, Store, tree};
 use crate::grpc::csi::v1::{self as csi};
-use crate::snapshot::{self, SnapshotId, State, Store};
-use crate::storage::ids::{RelPath, VolumeId};
+use crate::storage::ids::{RelPath, SnapshotId, VolumeId};
 use crate::sys::offload;
 use crate::sys::safefs::DirFd;
-use crate::tree;
 
 use super::*;
 
@@ -42,7 +41,7 @@ pub(super) fn populate_blocking(
     let missing = || Error::NotFound(subdir.as_str().to_string());
     let dest = DirFd::open_root(root)?.walk(subdir)?.ok_or_else(missing)?;
     // A previous attempt may have been cut short: start from empty.
-    snapshot::empty_dir(&dest)?;
+    archive::empty_dir(&dest)?;
     let (files, bytes) = match from {
         ContentOrigin::Snapshot { store_root, key } => {
             let store = Store::open(store_root, key, false)?
@@ -50,11 +49,11 @@ pub(super) fn populate_blocking(
             let manifest = store
                 .manifest()?
                 .ok_or_else(|| Error::SnapshotNotReady(key.clone()))?;
-            let opts = snapshot::RestoreOptions {
+            let opts = archive::RestoreOptions {
                 policy,
                 capacity: capacity.max(0) as u64,
             };
-            snapshot::restore(&store, &manifest, dest, opts, cancel)?
+            archive::restore(&store, &manifest, dest, opts, cancel)?
         }
         ContentOrigin::Volume {
             root: src_root,
@@ -63,7 +62,7 @@ pub(super) fn populate_blocking(
             let src_dir = DirFd::open_root(src_root)?
                 .walk(src)?
                 .ok_or_else(|| Error::NotFound(src.as_str().to_string()))?;
-            snapshot::clone_tree(&src_dir, tree::Dest::new(dest, policy), threads, cancel)?
+            archive::clone_tree(&src_dir, tree::Dest::new(dest, policy), threads, cancel)?
         }
     };
     let meta = Meta::open(root, false)?.ok_or_else(missing)?;

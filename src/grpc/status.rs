@@ -4,9 +4,10 @@
 use nix::errno::Errno;
 use tonic::{Code, Status};
 
+use crate::archive::{self, tree};
 use crate::storage::{self, export};
 use crate::sys::{command, hostpath, inflight, jobs, mount, mountopts, offload, safefs};
-use crate::{controller, node, snapshot, tree};
+use crate::{controller, node};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -27,7 +28,7 @@ pub enum Error {
     #[error(transparent)]
     Node(#[from] node::Error),
     #[error(transparent)]
-    Snapshot(#[from] snapshot::Error),
+    Snapshot(#[from] archive::Error),
     #[error(transparent)]
     Tree(#[from] tree::Error),
     #[error(transparent)]
@@ -87,7 +88,9 @@ fn fs_code(e: &safefs::Error) -> Code {
 
 fn storage_code(e: &storage::Error) -> Code {
     match e {
-        storage::Error::InvalidId { .. } => Code::NotFound,
+        storage::Error::InvalidId { .. } | storage::Error::InvalidSnapshotId { .. } => {
+            Code::NotFound
+        }
         _ => Code::InvalidArgument,
     }
 }
@@ -109,16 +112,15 @@ fn offload_code(e: &offload::Error) -> Code {
     }
 }
 
-fn snapshot_code(e: &snapshot::Error) -> Code {
+fn archive_code(e: &archive::Error) -> Code {
     match e {
-        snapshot::Error::InvalidId { .. } => Code::NotFound,
-        snapshot::Error::Checksum { .. }
-        | snapshot::Error::Length { .. }
-        | snapshot::Error::Corrupt { .. } => Code::DataLoss,
-        snapshot::Error::Refused { .. } => Code::FailedPrecondition,
-        snapshot::Error::Tree(t) => tree_code(t),
-        snapshot::Error::Fs(f) => fs_code(f),
-        snapshot::Error::Io { .. } | snapshot::Error::BadJson(..) => Code::Internal,
+        archive::Error::Checksum { .. }
+        | archive::Error::Length { .. }
+        | archive::Error::Corrupt { .. } => Code::DataLoss,
+        archive::Error::Refused { .. } => Code::FailedPrecondition,
+        archive::Error::Tree(t) => tree_code(t),
+        archive::Error::Fs(f) => fs_code(f),
+        archive::Error::Io { .. } | archive::Error::BadJson(..) => Code::Internal,
     }
 }
 
@@ -157,7 +159,7 @@ fn controller_code(e: &controller::Error) -> Code {
         C::Export(e) => export_code(e),
         C::Offload(e) => offload_code(e),
         C::Busy(_) => Code::Aborted,
-        C::Snapshot(e) => snapshot_code(e),
+        C::Snapshot(e) => archive_code(e),
         C::Tree(e) => tree_code(e),
     }
 }
@@ -197,7 +199,7 @@ pub fn code(err: &Error) -> Code {
         Error::Busy(_) => Code::Aborted,
         Error::Controller(e) => controller_code(e),
         Error::Node(e) => node_code(e),
-        Error::Snapshot(e) => snapshot_code(e),
+        Error::Snapshot(e) => archive_code(e),
         Error::Tree(t) => tree_code(t),
         Error::HostPath(e) => hostpath_code(e),
         Error::MountOption(_) => Code::InvalidArgument,

@@ -187,6 +187,48 @@ impl std::fmt::Display for VolumeId {
     }
 }
 
+const SNAPSHOT_ID_VERSION: &str = "s1";
+
+/// Where a snapshot lives: the export holding it and its directory name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotId {
+    pub export: ExportSpec,
+    pub key: String,
+}
+
+impl SnapshotId {
+    pub fn new(export: ExportSpec, name: &str) -> SnapshotId {
+        SnapshotId {
+            export,
+            key: safe_file_name(name),
+        }
+    }
+
+    pub fn parse(id: &str) -> Result<SnapshotId> {
+        let bad = |reason: String| Error::InvalidSnapshotId {
+            id: id.to_string(),
+            reason,
+        };
+        let (export, key) = parse_id(SNAPSHOT_ID_VERSION, id).map_err(bad)?;
+        let encoded = (key.starts_with("x-") || key.starts_with("h-"))
+            && key.len() > 2
+            && key[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        if safe_file_name(&key) != key && !encoded {
+            return Err(bad("bad snapshot directory name".into()));
+        }
+        if key.is_empty() || key.contains('/') || key.starts_with('.') {
+            return Err(bad("bad snapshot directory name".into()));
+        }
+        Ok(SnapshotId { export, key })
+    }
+}
+
+impl std::fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&format_id(SNAPSHOT_ID_VERSION, &self.export, &self.key))
+    }
+}
+
 /// A file name safe to use for an arbitrary CSI name, one name to one file
 /// name: the name itself when plain, `x-` and its hex when not (or when it
 /// starts with `x-` or `h-` itself), `h-` and its SHA-256 when too long.

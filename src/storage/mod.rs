@@ -8,8 +8,9 @@
 //! - `export`: exports (NFS or a mounted share), the driver's kept mounts of
 //!   them, and the allowed share roots.
 //!
-//! May depend on: `sys` and external crates. Never on `controller`, `node`,
-//! `grpc` or `cli`; their errors are mapped to gRPC codes at the edge.
+//! May depend on: `sys` and external crates. Never on `archive` (which
+//! builds on it), `controller`, `node`, `grpc` or `cli`; their errors are
+//! mapped to gRPC codes at the edge.
 
 pub mod export;
 pub mod ids;
@@ -23,6 +24,9 @@ pub enum Error {
     /// `id` is already quoted (see [`crate::sys::text::quote`]).
     #[error("volume id {id} is not an nfs-csi volume id: {reason}")]
     InvalidId { id: String, reason: String },
+    /// `id` is the request's id as it came (Debug-formatted).
+    #[error("snapshot id {id:?} is not an nfs-csi snapshot id: {reason}")]
+    InvalidSnapshotId { id: String, reason: String },
     #[error("parameter {name:?}: {reason}")]
     InvalidParameter { name: String, reason: String },
     /// The name is already quoted (see [`crate::sys::text::quote`]).

@@ -189,7 +189,7 @@ fn double_slash_is_an_error_everywhere() {
     assert!(ExportSpec::parse_flag("h://").is_err());
     assert!(VolumeId::parse("v1#mounted#//#x").is_err());
     assert!(VolumeId::parse("v1#nfs#h#//##x").is_err());
-    assert!(crate::snapshot::SnapshotId::parse("s1#mounted#//#x").is_err());
+    assert!(SnapshotId::parse("s1#mounted#//#x").is_err());
     let p = params(&[("mountedShare", "//")]);
     assert!(create_params("v", &p, &[], None).is_err());
 }
@@ -207,9 +207,25 @@ fn quotes_are_short() {
     assert!(err.to_string().len() < 400, "{}", err.to_string().len());
 }
 
+#[test]
+fn ids_round_trip() {
+    let id = SnapshotId::new(ExportSpec::mounted("/srv/snaps").unwrap(), "snapshot-1234");
+    let s = id.to_string();
+    assert_eq!(s, "s1#mounted#/srv/snaps#snapshot-1234");
+    assert_eq!(SnapshotId::parse(&s).unwrap(), id);
+    for bad in [
+        "",
+        "v1#mounted#/srv#x",
+        "s1#mounted#/srv#..",
+        "s1#mounted#/srv#a%2Fb",
+        "s1#mounted#/srv#.hidden",
+    ] {
+        assert!(SnapshotId::parse(bad).is_err(), "{bad}");
+    }
+}
+
 mod props {
     use super::*;
-    use crate::snapshot::SnapshotId;
     use proptest::prelude::*;
 
     /// Strings dense in the characters the parsers care about.

@@ -15,7 +15,7 @@ use std::io::Read;
 use tar::{EntryType, GnuSparseHeader, Header};
 
 use super::Error;
-use crate::tree::{self, Meta};
+use super::tree::{self, Meta};
 
 /// Longest path or link target (Linux's PATH_MAX).
 pub const MAX_PATH: usize = 4096;

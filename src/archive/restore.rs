@@ -1,0 +1,268 @@
+//! Restores: an archive checked against its manifest (size and SHA-256)
+//! before anything is written, then extracted through the bounded reader
+//! into a [`Dest`], and removed again when the restore fails.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::Mode;
+use sha2::{Digest, Sha256};
+
+use super::tree::{self, Dest, Kind};
+use super::{ARCHIVE, Error, Manifest, READ_BUF, Result, Store, ioe, reader};
+use crate::sys::safefs::DirFd;
+
+/// Largest zstd window a restore accepts (2^24 = 16 MiB; level 19, the
+/// highest the driver writes, uses 2^23): a hostile frame header cannot make
+/// the decoder allocate more.
+pub(super) const WINDOW_LOG_MAX: u32 = 24;
+/// Slack over the manifest's data size a restore may write (1 MiB + 1%).
+pub(super) const SLACK_BYTES: u64 = 1 << 20;
+
+/// A reader that hashes what passes through.
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// What a restore may write.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestoreOptions {
+    pub policy: tree::Policy,
+    /// The new volume's capacity in bytes (0: none); file data beyond it is
+    /// refused.
+    pub capacity: u64,
+}
+
+/// The most file data (apparent sizes, holes included) a restore of
+/// `manifest` may write, and the most entries it may make: what the
+/// manifest records plus a little slack, and never more data than the
+/// volume's capacity.
+pub fn restore_limits(manifest: &Manifest, capacity: u64) -> (u64, u64) {
+    let slack = manifest.size_bytes / 100 + SLACK_BYTES;
+    let mut bytes = manifest.size_bytes.saturating_add(slack);
+    if capacity > 0 {
+        bytes = bytes.min(capacity);
+    }
+    let entries = manifest
+        .file_count
+        .saturating_add(manifest.file_count / 100 + 16);
+    (bytes, entries)
+}
+
+/// The SHA-256 of the first `len` bytes of `file`, read through a fixed
+/// buffer.
+fn hash_file(file: &File, len: u64, path: &str, cancel: &AtomicBool) -> Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; READ_BUF];
+    let mut hash = Sha256::new();
+    let mut pos = 0u64;
+    while pos < len {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(tree::Error::Cancelled.into());
+        }
+        let want = (len - pos).min(buf.len() as u64) as usize;
+        let n = file
+            .read_at(&mut buf[..want], pos)
+            .map_err(ioe("read archive"))?;
+        if n == 0 {
+            return Err(Error::Length {
+                path: path.to_string(),
+                got: pos,
+                want: len,
+            });
+        }
+        hash.update(&buf[..n]);
+        pos += n as u64;
+    }
+    Ok(hex::encode(hash.finalize()))
+}
+
+/// Restores the archive of `store` into `dest` (an empty directory). The
+/// archive is opened once; its size and SHA-256 are checked against
+/// `manifest` before anything is written, then it is extracted from the
+/// same descriptor (and hashed again on the way: a file changed meanwhile
+/// fails too). On failure, whatever was written is removed. Blocking.
+pub fn restore(
+    store: &Store,
+    manifest: &Manifest,
+    dest: DirFd,
+    opts: RestoreOptions,
+    cancel: &AtomicBool,
+) -> Result<(u64, u64)> {
+    use std::io::{Seek, SeekFrom};
+    let path = store.dir.path().join(ARCHIVE).display().to_string();
+    let fd = openat(
+        store.dir.fd(),
+        ARCHIVE,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Io {
+        what: format!("open {path}"),
+        source: e.into(),
+    })?;
+    let mut file = File::from(fd);
+    let st = nix::sys::stat::fstat(&file).map_err(|e| Error::Io {
+        what: format!("stat {path}"),
+        source: e.into(),
+    })?;
+    if tree::kind(&st) != Kind::File {
+        return Err(Error::Corrupt {
+            reason: format!("{path} is not a regular file"),
+        });
+    }
+    let want = manifest.archive_bytes;
+    if st.st_size.max(0) as u64 != want {
+        return Err(Error::Length {
+            path,
+            got: st.st_size.max(0) as u64,
+            want,
+        });
+    }
+    let got = hash_file(&file, want, &path, cancel)?;
+    if got != manifest.sha256 {
+        return Err(Error::Checksum {
+            path,
+            got,
+            want: tree::show(manifest.sha256.as_bytes()),
+        });
+    }
+    let root = dest.try_clone()?;
+    let res = (|| {
+        file.seek(SeekFrom::Start(0)).map_err(ioe("seek archive"))?;
+        let hashing = HashingReader {
+            inner: (&file).take(want),
+            hash: Sha256::new(),
+        };
+        let mut decoder =
+            zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 20, hashing))
+                .map_err(ioe("zstd"))?;
+        decoder
+            .window_log_max(WINDOW_LOG_MAX)
+            .map_err(ioe("zstd window"))?;
+        let (bytes, entries) = restore_limits(manifest, opts.capacity);
+        let out = extract(
+            &mut decoder,
+            Dest::new(dest, opts.policy).limits(bytes, entries),
+            cancel,
+        )?;
+        // The rest of the file, raw (whatever follows the tar stream is not
+        // decompressed), completes the second hash.
+        let mut rest = decoder.finish();
+        std::io::copy(&mut rest, &mut std::io::sink()).map_err(ioe("read archive"))?;
+        let again = hex::encode(rest.into_inner().hash.finalize());
+        if again != manifest.sha256 {
+            return Err(Error::Checksum {
+                path: path.clone(),
+                got: again,
+                want: tree::show(manifest.sha256.as_bytes()),
+            });
+        }
+        Ok(out)
+    })();
+    if res.is_err()
+        && let Err(e) = empty_dir(&root)
+    {
+        tracing::error!(error = %e, "cannot remove what a failed restore wrote");
+    }
+    res
+}
+
+/// Removes everything inside `dir`.
+pub fn empty_dir(dir: &DirFd) -> Result<()> {
+    for name in dir.list()? {
+        dir.remove_tree(&name)?;
+    }
+    Ok(())
+}
+
+/// Extracts a tar stream into `dest`, treating it as hostile: headers are
+/// bounded (see `reader`), file data and entries are bounded by `dest`'s
+/// limits (stored data too, so skipped entries cannot stream unbounded
+/// data), and `cancel` is checked between entries and every few MiB inside
+/// them. Blocking.
+pub fn extract(src: &mut dyn Read, mut dest: Dest, cancel: &AtomicBool) -> Result<(u64, u64)> {
+    use std::io::{Seek, SeekFrom};
+    let cancelled = || cancel.load(Ordering::Relaxed);
+    let mut archive = reader::Reader::new(src);
+    let mut stored = 0u64;
+    while let Some(e) = archive.next_entry(&cancelled)? {
+        if cancelled() {
+            return Err(tree::Error::Cancelled.into());
+        }
+        stored = stored.saturating_add(e.stored);
+        if stored > dest.max_bytes() {
+            return Err(tree::Error::OverLimit {
+                what: "bytes of file data",
+                limit: dest.max_bytes(),
+            }
+            .into());
+        }
+        let path = &e.path;
+        let copy_err = |err: std::io::Error| -> Error {
+            if cancelled() {
+                tree::Error::Cancelled.into()
+            } else if err.raw_os_error().is_some() {
+                tree::Error::Stream {
+                    path: format!("extract {}", tree::show(path)),
+                    source: err,
+                }
+                .into()
+            } else {
+                reader::read_error(err)
+            }
+        };
+        let target = || {
+            e.link.clone().ok_or_else(|| Error::Corrupt {
+                reason: format!("link {} has no target", tree::show(path)),
+            })
+        };
+        use tar::EntryType as T;
+        match e.kind {
+            T::Directory => dest.dir(path, e.meta.clone())?,
+            T::Regular | T::Continuous | T::GNUSparse => {
+                let size = e.apparent_size();
+                let mut f = dest.file(path, size)?;
+                match &e.sparse {
+                    None => {
+                        tree::copy_sparse(&mut archive.data(), &mut f, &cancelled)
+                            .map_err(copy_err)?;
+                    }
+                    Some((_, segments)) => {
+                        for (off, len) in segments {
+                            f.seek(SeekFrom::Start(*off)).map_err(copy_err)?;
+                            tree::copy_sparse(&mut archive.data().take(*len), &mut f, &cancelled)
+                                .map_err(copy_err)?;
+                        }
+                    }
+                }
+                dest.finish_file(&f, size, &e.meta, path)?;
+            }
+            T::Symlink => dest.symlink(path, &target()?, &e.meta)?,
+            T::Link => dest.hardlink(path, &target()?)?,
+            T::Fifo => dest.special(path, Kind::Fifo, 0, &e.meta)?,
+            T::Char => dest.special(path, Kind::Char, e.rdev, &e.meta)?,
+            T::Block => dest.special(path, Kind::Block, e.rdev, &e.meta)?,
+            other => {
+                return Err(Error::Refused {
+                    reason: format!(
+                        "an entry of unsupported type {other:?} at {}",
+                        tree::show(path)
+                    ),
+                });
+            }
+        }
+    }
+    Ok(dest.finish()?)
+}
