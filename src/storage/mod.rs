@@ -34,6 +34,9 @@ pub enum Error {
         "unknown parameter {0}; known: server, share, mountedShare, subDir, mountPermissions, onDelete"
     )]
     UnknownParameter(String),
+    /// The name is already quoted (see [`crate::sys::text::quote`]).
+    #[error("parameter {0} cannot be changed; mutable parameters: onDelete, mountPermissions")]
+    UnknownMutableParameter(String),
     /// `path` is already quoted (see [`crate::sys::text::quote`]).
     #[error("{what} {path} is not a safe path: {reason}")]
     UnsafePath {

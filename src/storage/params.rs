@@ -104,32 +104,81 @@ pub fn create_params(
         Some(t) => RelPath::parse(&render_template(t, params)?)?,
         None => RelPath::parse_as("volume name", name)?,
     };
-    let mount_permissions = match params.get("mountPermissions") {
-        None => None,
-        Some(s) => Some(parse_mode(s).ok_or_else(|| Error::InvalidParameter {
-            name: "mountPermissions".into(),
-            reason: format!(
-                "{} is not an octal mode between 0 and 7777 (e.g. \"0777\")",
-                quote(s)
-            ),
-        })?),
-    };
-    let on_delete = match params.get("onDelete").map(String::as_str) {
-        None | Some("delete") => OnDelete::Delete,
-        Some("retain") => OnDelete::Retain,
-        Some("archive") => OnDelete::Archive,
-        Some(other) => {
-            return Err(Error::InvalidParameter {
-                name: "onDelete".into(),
-                reason: format!("{} is not one of delete, retain, archive", quote(other)),
-            });
-        }
-    };
+    let mount_permissions = params
+        .get("mountPermissions")
+        .map(String::as_str)
+        .map(mount_permissions)
+        .transpose()?;
+    let on_delete = params
+        .get("onDelete")
+        .map(String::as_str)
+        .map(on_delete)
+        .transpose()?
+        .unwrap_or(OnDelete::Delete);
     Ok(CreateParams {
         export,
         subdir,
         mount_permissions,
         on_delete,
+    })
+}
+
+/// The `mountPermissions` value: an octal mode.
+fn mount_permissions(s: &str) -> Result<u32> {
+    parse_mode(s).ok_or_else(|| Error::InvalidParameter {
+        name: "mountPermissions".into(),
+        reason: format!(
+            "{} is not an octal mode between 0 and 7777 (e.g. \"0777\")",
+            quote(s)
+        ),
+    })
+}
+
+/// The `onDelete` value.
+fn on_delete(s: &str) -> Result<OnDelete> {
+    match s {
+        "delete" => Ok(OnDelete::Delete),
+        "retain" => Ok(OnDelete::Retain),
+        "archive" => Ok(OnDelete::Archive),
+        other => Err(Error::InvalidParameter {
+            name: "onDelete".into(),
+            reason: format!("{} is not one of delete, retain, archive", quote(other)),
+        }),
+    }
+}
+
+/// The mutable parameters (CreateVolume's `mutable_parameters`,
+/// ControllerModifyVolume's, a VolumeAttributesClass's): what may change on
+/// an existing volume. `None`: left as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MutableParams {
+    pub on_delete: Option<OnDelete>,
+    pub mount_permissions: Option<u32>,
+}
+
+/// Parses mutable parameters: `onDelete` and `mountPermissions`, with the
+/// values CreateVolume's parameters take; any other key is refused (named in
+/// the error), except Kubernetes' own `csi.storage.k8s.io/` ones.
+pub fn mutable_params(params: &HashMap<String, String>) -> Result<MutableParams> {
+    let mut keys: Vec<&String> = params.keys().collect();
+    keys.sort();
+    for key in keys {
+        if !matches!(key.as_str(), "onDelete" | "mountPermissions") && !key.starts_with(K8S_PREFIX)
+        {
+            return Err(Error::UnknownMutableParameter(quote(key)));
+        }
+    }
+    Ok(MutableParams {
+        on_delete: params
+            .get("onDelete")
+            .map(String::as_str)
+            .map(on_delete)
+            .transpose()?,
+        mount_permissions: params
+            .get("mountPermissions")
+            .map(String::as_str)
+            .map(mount_permissions)
+            .transpose()?,
     })
 }
 

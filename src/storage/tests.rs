@@ -106,6 +106,29 @@ fn params_are_checked() {
 }
 
 #[test]
+fn mutable_params_take_two_keys_and_refuse_others() {
+    assert_eq!(
+        mutable_params(&params(&[])).unwrap(),
+        MutableParams::default()
+    );
+    let m = mutable_params(&params(&[
+        ("onDelete", "retain"),
+        ("mountPermissions", "0750"),
+        ("csi.storage.k8s.io/pvc/name", "p"),
+    ]))
+    .unwrap();
+    assert_eq!(m.on_delete, Some(OnDelete::Retain));
+    assert_eq!(m.mount_permissions, Some(0o750));
+    let e = mutable_params(&params(&[("onDelete", "retain"), ("subDir", "x")])).unwrap_err();
+    assert!(matches!(e, Error::UnknownMutableParameter(_)), "{e}");
+    assert!(e.to_string().contains("subDir"), "{e}");
+    for bad in [("onDelete", "keep"), ("mountPermissions", "0999")] {
+        let e = mutable_params(&params(&[bad])).unwrap_err();
+        assert!(e.to_string().contains(bad.0), "{e}");
+    }
+}
+
+#[test]
 fn id_round_trips_and_is_strict() {
     let id = VolumeId {
         export: ExportSpec::nfs(
