@@ -206,7 +206,7 @@ impl SnapshotId {
 
     pub fn parse(id: &str) -> Result<SnapshotId> {
         let bad = |reason: String| Error::InvalidSnapshotId {
-            id: id.to_string(),
+            id: quote(id),
             reason,
         };
         let (export, key) = parse_id(SNAPSHOT_ID_VERSION, id).map_err(bad)?;

@@ -24,8 +24,8 @@ pub enum Error {
     /// `id` is already quoted (see [`crate::sys::text::quote`]).
     #[error("volume id {id} is not an nfs-csi volume id: {reason}")]
     InvalidId { id: String, reason: String },
-    /// `id` is the request's id as it came (Debug-formatted).
-    #[error("snapshot id {id:?} is not an nfs-csi snapshot id: {reason}")]
+    /// `id` is already quoted (see [`crate::sys::text::quote`]).
+    #[error("snapshot id {id} is not an nfs-csi snapshot id: {reason}")]
     InvalidSnapshotId { id: String, reason: String },
     #[error("parameter {name:?}: {reason}")]
     InvalidParameter { name: String, reason: String },
