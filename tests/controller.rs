@@ -1265,3 +1265,296 @@ async fn system_symlinked_and_unlisted_share_roots_are_refused() {
         .unwrap();
     assert!(Path::new(&real).join("v").is_dir());
 }
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn modify_req(volume_id: &str, kv: &[(&str, &str)]) -> csi::ControllerModifyVolumeRequest {
+    csi::ControllerModifyVolumeRequest {
+        volume_id: volume_id.to_string(),
+        mutable_parameters: params(kv),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn get_and_modify_are_advertised() {
+    let t = tempfile::tempdir().unwrap();
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let caps = d
+        .controller()
+        .await
+        .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .capabilities;
+    use csi::controller_service_capability::{Type, rpc};
+    let rpcs: HashSet<i32> = caps
+        .into_iter()
+        .filter_map(|c| match c.r#type {
+            Some(Type::Rpc(r)) => Some(r.r#type),
+            _ => None,
+        })
+        .collect();
+    assert!(rpcs.contains(&(rpc::Type::GetSnapshot as i32)), "{rpcs:?}");
+    assert!(rpcs.contains(&(rpc::Type::ModifyVolume as i32)), "{rpcs:?}");
+}
+
+#[tokio::test]
+async fn get_snapshot_returns_what_list_snapshots_gives() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut c = d.controller().await;
+    let v = c
+        .create_volume(create_req("src", 1 << 20, p(ms(&root))))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    std::fs::write(Path::new(&root).join("src/data"), b"snapshot me").unwrap();
+    let created = c
+        .create_snapshot(csi::CreateSnapshotRequest {
+            name: "snap-1".into(),
+            source_volume_id: v.volume_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert!(
+        created.ready_to_use,
+        "a tiny volume's archive is done at once"
+    );
+    let got = c
+        .get_snapshot(csi::GetSnapshotRequest {
+            snapshot_id: created.snapshot_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    let listed = c
+        .list_snapshots(csi::ListSnapshotsRequest {
+            snapshot_id: created.snapshot_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(Some(&got), listed[0].snapshot.as_ref());
+    assert_eq!(got, created);
+    assert_eq!(got.source_volume_id, v.volume_id);
+    assert!(got.size_bytes >= 11, "{got:?}");
+    // Deleted: absent.
+    c.delete_snapshot(csi::DeleteSnapshotRequest {
+        snapshot_id: created.snapshot_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let get = |id: String| csi::GetSnapshotRequest {
+        snapshot_id: id,
+        ..Default::default()
+    };
+    let err = c.get_snapshot(get(created.snapshot_id.clone())).await;
+    assert_eq!(code_of(err), Code::NotFound);
+    // An id of ours on a known export, never created: NOT_FOUND too.
+    let other = created.snapshot_id.replace("snap-1", "snap-never");
+    assert_ne!(other, created.snapshot_id);
+    assert_eq!(code_of(c.get_snapshot(get(other)).await), Code::NotFound);
+    // Not an id of ours: NOT_FOUND; empty: INVALID_ARGUMENT.
+    for bad in ["nonsense", "v1#mounted#/nowhere", &"x".repeat(100_000)] {
+        let err = c.get_snapshot(get(bad.to_string())).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{bad:.40}: {err:?}");
+        assert!(err.message().len() < 600, "{}", err.message().len());
+    }
+    let err = c.get_snapshot(get(String::new())).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn modify_volume_changes_delete_policy_and_mode() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut c = d.controller().await;
+    let mut kv = ms(&root);
+    kv.push(("mountPermissions", "0700".into()));
+    let v = c
+        .create_volume(create_req("mod", 1 << 20, p(kv.clone())))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let dir = Path::new(&root).join("mod");
+    assert_eq!(mode_of(&dir), 0o700);
+    std::fs::write(dir.join("data"), b"keep me").unwrap();
+    // onDelete retain and a new mode, twice: the same outcome.
+    for _ in 0..2 {
+        c.controller_modify_volume(modify_req(
+            &v.volume_id,
+            &[("onDelete", "retain"), ("mountPermissions", "2775")],
+        ))
+        .await
+        .unwrap();
+        assert_eq!(mode_of(&dir), 0o2775);
+    }
+    // Only one key: the other stays as it is.
+    c.controller_modify_volume(modify_req(&v.volume_id, &[("mountPermissions", "0750")]))
+        .await
+        .unwrap();
+    assert_eq!(mode_of(&dir), 0o750);
+    // A repeated CreateVolume with the same parameters is still the same volume.
+    let again = c
+        .create_volume(create_req("mod", 1 << 20, p(kv)))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(again.volume_id, v.volume_id);
+    // Refused: an unknown key (named), a bad value, no id, a foreign id,
+    // an id of ours with no volume. Nothing changes.
+    let err = c
+        .controller_modify_volume(modify_req(
+            &v.volume_id,
+            &[("onDelete", "delete"), ("subDir", "elsewhere")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("subDir"), "{}", err.message());
+    let err = c
+        .controller_modify_volume(modify_req(&v.volume_id, &[("mountPermissions", "u+rwx")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("mountPermissions"),
+        "{}",
+        err.message()
+    );
+    let err = c
+        .controller_modify_volume(modify_req("", &[("onDelete", "retain")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = c
+        .controller_modify_volume(modify_req("nonsense", &[("onDelete", "retain")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let absent = v.volume_id.replace("#mod", "#never-made");
+    assert_ne!(absent, v.volume_id);
+    let err = c
+        .controller_modify_volume(modify_req(&absent, &[("onDelete", "retain")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(!Path::new(&root).join("never-made").exists());
+    assert_eq!(mode_of(&dir), 0o750);
+    // The policy set by ModifyVolume is the one DeleteVolume applies.
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: v.volume_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(dir.join("data")).unwrap(), b"keep me");
+    let err = c
+        .controller_modify_volume(modify_req(&v.volume_id, &[("onDelete", "retain")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "a deleted volume is gone");
+}
+
+#[tokio::test]
+async fn modify_volume_never_follows_a_symlink() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    let outside = t.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut c = d.controller().await;
+    let v = c
+        .create_volume(create_req("sym", 1 << 20, p(ms(&root))))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let dir = Path::new(&root).join("sym");
+    std::fs::remove_dir(&dir).unwrap();
+    symlink(&outside, &dir).unwrap();
+    let err = c
+        .controller_modify_volume(modify_req(&v.volume_id, &[("mountPermissions", "0777")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(mode_of(&outside), 0o755);
+    // Gone altogether: FAILED_PRECONDITION, nothing created.
+    std::fs::remove_file(&dir).unwrap();
+    let err = c
+        .controller_modify_volume(modify_req(&v.volume_id, &[("mountPermissions", "0777")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(!dir.exists());
+}
+
+#[tokio::test]
+async fn create_volume_takes_mutable_parameters() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut c = d.controller().await;
+    // Mutable parameters take precedence over `parameters` (CSI spec).
+    let mut kv = ms(&root);
+    kv.push(("onDelete", "delete".into()));
+    kv.push(("mountPermissions", "0700".into()));
+    let mut req = create_req("mut", 1 << 20, p(kv));
+    req.mutable_parameters = params(&[("onDelete", "retain"), ("mountPermissions", "0751")]);
+    let v = c
+        .create_volume(req.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let dir = Path::new(&root).join("mut");
+    assert_eq!(mode_of(&dir), 0o751);
+    std::fs::write(dir.join("data"), b"retained").unwrap();
+    // Same request: the same volume.
+    let again = c.create_volume(req.clone()).await.unwrap().into_inner();
+    assert_eq!(again.volume.unwrap().volume_id, v.volume_id);
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: v.volume_id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(dir.join("data")).unwrap(), b"retained");
+    // Any other key: INVALID_ARGUMENT naming it, nothing created.
+    let mut req = create_req("mut2", 1 << 20, p(ms(&root)));
+    req.mutable_parameters = params(&[("compressionLevel", "3")]);
+    let err = c.create_volume(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("compressionLevel"),
+        "{}",
+        err.message()
+    );
+    assert!(!Path::new(&root).join("mut2").exists());
+}

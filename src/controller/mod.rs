@@ -12,7 +12,8 @@
 //! them to codes); the tonic trait is `grpc::controller`, one call per RPC
 //! into the methods here. `volumes` creates, deletes,
 //! expands, gets and validates volumes; `sources` fills a new volume from a
-//! snapshot or a volume; `snapshots` creates and deletes snapshots;
+//! snapshot or a volume; `modify` changes a volume's mutable parameters;
+//! `snapshots` creates, deletes and gets snapshots;
 //! `listing` pages ListVolumes and ListSnapshots; `records` keeps the
 //! `.nfs-csi/` records on an export.
 //!
@@ -35,6 +36,7 @@ use crate::sys::jobs::Jobs;
 use crate::sys::text::quote;
 
 mod listing;
+mod modify;
 mod records;
 mod snapshots;
 mod sources;
@@ -94,6 +96,8 @@ pub enum Error {
     DirInUse { subdir: String, reason: String },
     #[error("volume {} does not exist", quote(.0))]
     NotFound(String),
+    #[error("volume {}'s directory is missing on its export", quote(.0))]
+    DirMissing(String),
     #[error("volume {} already exists and differs: {reason}", quote(name))]
     AlreadyExists { name: String, reason: String },
     #[error(
@@ -177,6 +181,8 @@ impl ControllerService {
             Type::CreateDeleteSnapshot,
             Type::ListSnapshots,
             Type::CloneVolume,
+            Type::GetSnapshot,
+            Type::ModifyVolume,
         ]
         .into_iter()
         .map(capability)

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::archive;
 use crate::grpc::csi::v1::VolumeCondition;
 use crate::storage::ids::{self, OnDelete, RESERVED_DIR, RelPath};
-use crate::storage::params::VolumeRecord;
+use crate::storage::params::{MutableParams, VolumeRecord};
 use crate::sys::safefs::{self, DirFd};
 use crate::sys::text::quote;
 
@@ -318,6 +318,37 @@ pub(super) fn create_on_export(
     meta.names
         .write_atomic(&name_file, subdir.as_str().as_bytes())?;
     Ok(want)
+}
+
+/// ControllerModifyVolume's work on the export: the directory's mode set
+/// through its descriptor (reached without following a symlink), then the
+/// record rewritten atomically if it changes. Blocking. Returns the record.
+pub(super) fn modify_on_export(
+    root: &Path,
+    subdir: &RelPath,
+    change: &MutableParams,
+    volume_id: &str,
+) -> Result<VolumeRecord> {
+    let not_found = || Error::NotFound(volume_id.to_string());
+    let meta = Meta::open(root, false)?.ok_or_else(not_found)?;
+    let mut rec = meta.record(subdir)?.ok_or_else(not_found)?;
+    let mut want = rec.clone();
+    if let Some(mode) = change.mount_permissions {
+        let dir = meta
+            .root
+            .walk(subdir)?
+            .ok_or_else(|| Error::DirMissing(volume_id.to_string()))?;
+        dir.set_mode(mode)?;
+        want.mount_permissions = Some(mode);
+    }
+    if let Some(on_delete) = change.on_delete {
+        want.on_delete = on_delete;
+    }
+    if want != rec {
+        meta.save(&want, subdir)?;
+        rec = want;
+    }
+    Ok(rec)
 }
 
 /// DeleteVolume's work on the export. Blocking. Returns what was done.

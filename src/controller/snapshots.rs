@@ -1,4 +1,4 @@
-//! CreateSnapshot and DeleteSnapshot: the VolumeSnapshotClass parameters,
+//! CreateSnapshot, DeleteSnapshot and GetSnapshot: the VolumeSnapshotClass parameters,
 //! the archive job, and the CSI view of a snapshot (the archive itself is
 //! `crate::archive`).
 
@@ -88,6 +88,39 @@ pub(super) fn snapshot_pending(id: &SnapshotId, j: &archive::Job) -> csi::Snapsh
 }
 
 impl ControllerService {
+    /// GetSnapshot: the snapshot ListSnapshots gives for this id once its
+    /// archive is complete; while it is being written, the same snapshot
+    /// with `ready_to_use: false` (as CreateSnapshot answers then).
+    pub(crate) async fn get_snapshot(
+        &self,
+        req: csi::GetSnapshotRequest,
+    ) -> Result<csi::GetSnapshotResponse> {
+        if req.snapshot_id.is_empty() {
+            return Err(Error::Missing("snapshot_id"));
+        }
+        // Not an id of ours: NOT_FOUND (storage::Error::InvalidSnapshotId).
+        let sid = SnapshotId::parse(&req.snapshot_id)?;
+        let (root, _) = self.exports.ready(&sid.export).await?;
+        let s = sid.clone();
+        let found = offload::run("read snapshot", self.exports.timeouts().fs, move || {
+            Ok::<_, Error>(match Store::open(&root, &s.key, false)? {
+                None => None,
+                Some(store) => match store.state()? {
+                    State::Ready(m) => Some(snapshot_ready(&s, &m)),
+                    State::Pending(j) => Some(snapshot_pending(&s, &j)),
+                    State::Absent => None,
+                },
+            })
+        })
+        .await??;
+        match found {
+            Some(snapshot) => Ok(csi::GetSnapshotResponse {
+                snapshot: Some(snapshot),
+            }),
+            None => Err(Error::SnapshotNotFound(req.snapshot_id)),
+        }
+    }
+
     pub(crate) async fn create_snapshot(
         &self,
         req: csi::CreateSnapshotRequest,

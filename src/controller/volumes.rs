@@ -91,12 +91,20 @@ impl ControllerService {
         }
         let flags = check_caps(&req.volume_capabilities)?;
         let capacity = range(req.capacity_range.as_ref())?;
-        let params = params::create_params(
+        let mut params = params::create_params(
             &req.name,
             &req.parameters,
             &flags,
             self.exports.default_export(),
         )?;
+        // The CSI spec: mutable parameters take precedence over `parameters`.
+        let mutable = params::mutable_params(&req.mutable_parameters)?;
+        if let Some(on_delete) = mutable.on_delete {
+            params.on_delete = on_delete;
+        }
+        if mutable.mount_permissions.is_some() {
+            params.mount_permissions = mutable.mount_permissions;
+        }
         let id = VolumeId {
             export: params.export.clone(),
             subdir: params.subdir.clone(),

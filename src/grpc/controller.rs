@@ -96,6 +96,22 @@ impl Controller for ControllerService {
         .await
     }
 
+    #[instrument(skip_all, fields(snapshot_id = %short(&request.get_ref().snapshot_id)))]
+    async fn get_snapshot(
+        &self,
+        request: Request<csi::GetSnapshotRequest>,
+    ) -> std::result::Result<Response<csi::GetSnapshotResponse>, Status> {
+        respond(ControllerService::get_snapshot(self, request.into_inner())).await
+    }
+
+    #[instrument(skip_all, fields(volume_id = %short(&request.get_ref().volume_id)))]
+    async fn controller_modify_volume(
+        &self,
+        request: Request<csi::ControllerModifyVolumeRequest>,
+    ) -> std::result::Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
+        respond(self.modify(request.into_inner())).await
+    }
+
     #[instrument(skip_all, fields(volume_id = %short(&request.get_ref().volume_id)))]
     async fn controller_expand_volume(
         &self,

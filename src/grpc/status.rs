@@ -148,7 +148,7 @@ fn controller_code(e: &controller::Error) -> Code {
         C::SnapshotExists { .. } => Code::AlreadyExists,
         C::JobFailed(_) => Code::Internal,
         C::Populate { code, .. } => *code,
-        C::DirInUse { .. } => Code::FailedPrecondition,
+        C::DirInUse { .. } | C::DirMissing(_) => Code::FailedPrecondition,
         C::SnapshotParameter { .. } => Code::InvalidArgument,
         C::AlreadyExists { .. } => Code::AlreadyExists,
         C::BadToken(_) => Code::Aborted,

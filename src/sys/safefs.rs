@@ -218,6 +218,13 @@ impl DirFd {
         Ok((leaf, created))
     }
 
+    /// Sets this directory's permission bits to `mode` exactly (no umask),
+    /// through its descriptor.
+    pub fn set_mode(&self, mode: u32) -> Result<()> {
+        fchmod(self.fd.as_fd(), Mode::from_bits_truncate(mode))
+            .map_err(io("chmod", self.path.clone()))
+    }
+
     pub fn stat(&self) -> Result<FileStat> {
         fstat(self.fd.as_fd()).map_err(io("stat", self.path.clone()))
     }
