@@ -124,6 +124,20 @@ fn describe(v: &Value) -> String {
 /// A rendered set of objects, each already checked to parse as its type.
 struct Objects(Vec<Value>);
 
+/// storage.k8s.io/v1 VolumeAttributesClass (GA in Kubernetes 1.34; the
+/// k8s-openapi version the crate builds against has only v1beta1): every
+/// field the API has, none other.
+#[derive(serde::Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct VolumeAttributesClass {
+    api_version: String,
+    kind: String,
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    driver_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parameters: Option<BTreeMap<String, String>>,
+}
+
 impl Objects {
     fn render(rel: &str) -> Objects {
         Objects::parse(kustomize(&root().join(rel)))
@@ -148,6 +162,7 @@ impl Objects {
                 "Pod" => drop(typed::<Pod>(v)),
                 "VolumeSnapshot" => drop(typed::<crds::v1::VolumeSnapshot>(v)),
                 "VolumeSnapshotClass" => drop(typed::<crds::v1::VolumeSnapshotClass>(v)),
+                "VolumeAttributesClass" => drop(typed::<VolumeAttributesClass>(v)),
                 other => panic!("{}: unexpected kind {other:?}", describe(v)),
             }
         }
@@ -1484,6 +1499,19 @@ fn examples_are_valid_and_refer_to_each_other() {
         }
     }
     assert!(restored && cloned);
+
+    // The VolumeAttributesClass: the v1 API, this driver, parameters the
+    // driver takes as mutable ones (ControllerModifyVolume).
+    let vac: VolumeAttributesClass = examples.one("VolumeAttributesClass");
+    assert_eq!(vac.api_version, "storage.k8s.io/v1");
+    assert_eq!(vac.driver_name, DRIVER);
+    let mutable: HashMap<String, String> = vac.parameters.unwrap_or_default().into_iter().collect();
+    let parsed = nfs_csi::storage::params::mutable_params(&mutable)
+        .unwrap_or_else(|e| panic!("VolumeAttributesClass {:?}: {e}", vac.metadata.name));
+    assert_eq!(
+        parsed.on_delete,
+        Some(nfs_csi::storage::ids::OnDelete::Retain)
+    );
 
     // The inline volume names what the node plugin accepts.
     let pod: Pod = examples.one("Pod");
