@@ -412,6 +412,19 @@ async fn killed_mid_snapshot_the_result_is_complete_or_absent() {
         listed.entries.is_empty(),
         "a snapshot being written is not listed"
     );
+    // GetSnapshot gives it, not ready, as CreateSnapshot did.
+    let got = c
+        .get_snapshot(csi::GetSnapshotRequest {
+            snapshot_id: first.snapshot_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert!(!got.ready_to_use);
+    assert_eq!(got, first);
     d.kill();
     let dir = root.join(".nfs-csi/snapshots/slow");
     assert!(!dir.join("manifest.json").exists(), "not reported ready");
@@ -446,6 +459,16 @@ async fn killed_mid_snapshot_the_result_is_complete_or_absent() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_eq!(done.size_bytes, 24 << 20);
+    let got = c
+        .get_snapshot(csi::GetSnapshotRequest {
+            snapshot_id: done.snapshot_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot;
+    assert_eq!(got.as_ref(), Some(&done), "ready once complete");
     let restored = create(&mut c, "back", &root, 0, from_snapshot(&done.snapshot_id))
         .await
         .unwrap();
