@@ -53,12 +53,11 @@ pub fn read_error(e: std::io::Error) -> Error {
     } else if e.kind() == std::io::ErrorKind::UnexpectedEof {
         corrupt("the archive ends in the middle of an entry")
     } else {
-        corrupt(format!("unreadable stream: {}", short(&e.to_string())))
+        corrupt(format!(
+            "unreadable stream: {}",
+            crate::sys::text::short(&e.to_string())
+        ))
     }
-}
-
-fn short(s: &str) -> String {
-    tree::show(s.as_bytes())
 }
 
 /// One entry of the archive, extension headers applied.
