@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use crate::grpc::csi::v1::{self as csi};
 use crate::storage::export::ExportSpec;
 use crate::storage::ids::RelPath;
+use crate::sys::hostpath::HostPath;
 use crate::sys::mountopts;
 use crate::sys::offload::{self};
 
@@ -36,7 +37,7 @@ impl NodeService {
             "inline mount",
             self.op_timeout(),
             move || -> Result<Outcome> {
-                let hp = resolve(&base, &tgt, true)?;
+                let hp = HostPath::create(&base, &tgt)?;
                 with_dir(&hp, |dir| {
                     let table = m.mounts()?;
                     if let Some(existing) = mounted_at(m.as_ref(), &table, &hp, dir)? {

@@ -99,7 +99,7 @@ impl NodeService {
             }
             let (m, b, p) = (self.mounter.clone(), base.clone(), path.to_path_buf());
             offload::run("unmount", self.op_timeout(), move || -> Result<()> {
-                if let Some(hp) = HostPath::resolve(&b, &p, false)? {
+                if let Some(hp) = HostPath::open(&b, &p)? {
                     m.unmount_at(hp.parent().into(), hp.name(), !alive)?;
                 }
                 Ok(())
@@ -108,7 +108,7 @@ impl NodeService {
         }
         let p = path.to_path_buf();
         offload::run("remove mount point", self.config.fs_timeout, move || {
-            let Some(hp) = HostPath::resolve(&base, &p, false)? else {
+            let Some(hp) = HostPath::open(&base, &p)? else {
                 return Ok(());
             };
             match hp.remove_dir() {
@@ -131,7 +131,7 @@ impl NodeService {
     ) -> Result<Option<(hostpath::HostDir, Option<MountEntry>)>> {
         let (m, base, p) = (self.mounter.clone(), self.base(), path.to_path_buf());
         offload::run("find mount", self.config.fs_timeout, move || {
-            let Some(hp) = HostPath::resolve(&base, &p, false)? else {
+            let Some(hp) = HostPath::open(&base, &p)? else {
                 return Ok(None);
             };
             let Some(dir) = hp.dir()? else {

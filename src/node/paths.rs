@@ -1,26 +1,12 @@
 //! Paths from node requests: checked as strings here, then opened by
 //! descriptor below the kubelet directory (`sys::hostpath`).
 
-use std::path::{Path, PathBuf};
-
-use nix::errno::Errno;
+use std::path::PathBuf;
 
 use crate::storage::ids::absolute_path;
 use crate::sys::hostpath::{self, HostPath};
 
 use super::*;
-
-/// Resolves a path that must be creatable (`HostPath::resolve` with
-/// `create` never answers `None`).
-pub(super) fn resolve(base: &Path, path: &Path, create: bool) -> Result<HostPath> {
-    Ok(
-        HostPath::resolve(base, path, create)?.ok_or_else(|| hostpath::Error::Io {
-            op: "open",
-            path: path.to_path_buf(),
-            source: Errno::ENOENT,
-        })?,
-    )
-}
 
 /// Runs `work` on the directory at `hp`, created if missing; a directory
 /// this call created is removed again when `work` fails, so a refused or

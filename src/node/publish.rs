@@ -65,7 +65,7 @@ impl NodeService {
                 let not_staged = || Error::NotStaged {
                     staging: stg.clone(),
                 };
-                let shp = HostPath::resolve(&base, &stg, false)?.ok_or_else(not_staged)?;
+                let shp = HostPath::open(&base, &stg)?.ok_or_else(not_staged)?;
                 let sdir = shp.dir()?.ok_or_else(not_staged)?;
                 let stage = mounted_at(m.as_ref(), &table, &shp, &sdir)?.ok_or_else(not_staged)?;
                 if !same_source(&table, stage, &expected) {
@@ -74,7 +74,7 @@ impl NodeService {
                         found: stage.source.clone(),
                     });
                 }
-                let thp = resolve(&base, &tgt, true)?;
+                let thp = HostPath::create(&base, &tgt)?;
                 with_dir(&thp, |tdir| {
                     if let Some(existing) = mounted_at(m.as_ref(), &table, &thp, tdir)? {
                         let same = same_mount(existing, stage);

@@ -8,6 +8,7 @@ use nix::errno::Errno;
 use crate::grpc::csi::v1::{self as csi};
 use crate::storage::export::ExportSpec;
 use crate::storage::ids::{RelPath, VolumeId};
+use crate::sys::hostpath::HostPath;
 use crate::sys::mountopts;
 use crate::sys::offload::{self};
 use crate::sys::safefs::{self, DirFd};
@@ -91,7 +92,7 @@ impl NodeService {
             "stage mount",
             self.op_timeout(),
             move || -> Result<Outcome> {
-                let hp = resolve(&base, &path, true)?;
+                let hp = HostPath::create(&base, &path)?;
                 with_dir(&hp, |dir| {
                     let table = m.mounts()?;
                     if let Some(existing) = mounted_at(m.as_ref(), &table, &hp, dir)? {

@@ -131,10 +131,24 @@ fn open_dir_nofollow(parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Resul
 }
 
 impl HostPath {
-    /// Resolves `path` below `base` by descriptor. With `create`, missing
-    /// parent directories are made (mode 0750); without, a missing parent
-    /// gives `Ok(None)`. A symlink or a non-directory on the way is an error.
-    pub fn resolve(base: &Path, path: &Path, create: bool) -> Result<Option<HostPath>> {
+    /// Resolves `path` below `base` by descriptor, up to its parent; a
+    /// missing parent gives `Ok(None)`. A symlink or a non-directory on the
+    /// way is an error.
+    pub fn open(base: &Path, path: &Path) -> Result<Option<HostPath>> {
+        Self::walk(base, path, false)
+    }
+
+    /// Like [`HostPath::open`], making missing parent directories (mode
+    /// 0750) through their parent's descriptor.
+    pub fn create(base: &Path, path: &Path) -> Result<HostPath> {
+        Self::walk(base, path, true)?.ok_or_else(|| Error::Io {
+            op: "open",
+            path: path.to_path_buf(),
+            source: Errno::ENOENT,
+        })
+    }
+
+    fn walk(base: &Path, path: &Path, create: bool) -> Result<Option<HostPath>> {
         check_below(base, path)?;
         let rel = path.strip_prefix(base).map_err(|_| Error::NotBelow {
             path: path.to_path_buf(),
@@ -287,8 +301,8 @@ mod tests {
         std::fs::create_dir_all(&base).unwrap();
         std::fs::create_dir_all(&outside).unwrap();
         let p = base.join("pods/p1/volumes/mount");
-        assert!(HostPath::resolve(&base, &p, false).unwrap().is_none());
-        let hp = HostPath::resolve(&base, &p, true).unwrap().unwrap();
+        assert!(HostPath::open(&base, &p).unwrap().is_none());
+        let hp = HostPath::create(&base, &p).unwrap();
         assert!(matches!(hp.leaf().unwrap(), Leaf::Missing));
         let (d, created) = hp.dir_or_create().unwrap();
         assert!(created);
@@ -297,14 +311,12 @@ mod tests {
         assert!(p.is_dir());
         // a symlinked parent
         std::os::unix::fs::symlink(&outside, base.join("pods/p2")).unwrap();
-        let err = HostPath::resolve(&base, &base.join("pods/p2/mount"), true).unwrap_err();
+        let err = HostPath::create(&base, &base.join("pods/p2/mount")).unwrap_err();
         assert!(matches!(err, Error::Symlink { .. }), "{err}");
         assert!(!outside.join("mount").exists());
         // a symlinked leaf
         std::os::unix::fs::symlink(&outside, base.join("pods/p1/link")).unwrap();
-        let hp = HostPath::resolve(&base, &base.join("pods/p1/link"), true)
-            .unwrap()
-            .unwrap();
+        let hp = HostPath::create(&base, &base.join("pods/p1/link")).unwrap();
         assert!(matches!(hp.leaf().unwrap(), Leaf::Symlink));
         assert!(matches!(
             hp.dir_or_create().unwrap_err(),
@@ -317,7 +329,7 @@ mod tests {
         assert!(base.join("pods/p1/link").symlink_metadata().is_ok());
         // a regular file stays
         std::fs::write(base.join("pods/p1/file"), b"x").unwrap();
-        let hp = HostPath::resolve(&base, &base.join("pods/p1/file"), false)
+        let hp = HostPath::open(&base, &base.join("pods/p1/file"))
             .unwrap()
             .unwrap();
         assert!(matches!(
@@ -328,7 +340,7 @@ mod tests {
         // the base itself and paths beside it
         for bad in [base.clone(), t.path().join("kubelet2/x"), outside.join("x")] {
             assert!(matches!(
-                HostPath::resolve(&base, &bad, true).unwrap_err(),
+                HostPath::create(&base, &bad).unwrap_err(),
                 Error::NotBelow { .. }
             ));
         }
