@@ -244,10 +244,13 @@ async fn snapshot_restore_round_trip_idempotency_and_listing() {
     );
 
     // listing: by id, by source, all with paging
+    let mut later = Vec::new();
     for i in 2..=5 {
-        c.create_snapshot(snap_req(&format!("snap-{i}"), &src.volume_id))
+        let r = c
+            .create_snapshot(snap_req(&format!("snap-{i}"), &src.volume_id))
             .await
             .unwrap();
+        later.push(r.into_inner().snapshot.unwrap().snapshot_id);
     }
     c.create_snapshot(snap_req("snap-o", &other.volume_id))
         .await
@@ -305,10 +308,29 @@ async fn snapshot_restore_round_trip_idempotency_and_listing() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
 
-    // delete: idempotent, the directory goes
+    // delete: idempotent; snap-1 is the parent of snap-2 (incremental),
+    // so it is no longer found, but its archive stays until the later
+    // snapshots of its chain are deleted too; then the directory goes
     for _ in 0..2 {
         c.delete_snapshot(csi::DeleteSnapshotRequest {
             snapshot_id: s1.snapshot_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let err = c
+        .get_snapshot(csi::GetSnapshotRequest {
+            snapshot_id: s1.snapshot_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(dir.join("deleted").exists() && dir.join("archive.tar.zst").exists());
+    for id in later {
+        c.delete_snapshot(csi::DeleteSnapshotRequest {
+            snapshot_id: id,
             ..Default::default()
         })
         .await

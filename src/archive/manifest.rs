@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Error, JOB, MANIFEST, Result};
+use super::{DELETED, Error, JOB, MANIFEST, Result};
 use crate::storage::ids::RESERVED_DIR;
 use crate::sys::safefs::DirFd;
 
@@ -18,10 +18,17 @@ pub struct Job {
     pub created_unix: i64,
     pub created_nanos: i32,
     pub level: i32,
+    /// The snapshot this one is archived against (its key in the same
+    /// store), chosen when the job starts; `None`: a full archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Position in the chain (0: full).
+    #[serde(default)]
+    pub chain: u32,
 }
 
 /// Written once the archive is complete.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub name: String,
     pub source_volume_id: String,
@@ -34,6 +41,37 @@ pub struct Manifest {
     pub sha256: String,
     pub compression: String,
     pub level: i32,
+    /// The snapshot whose tree this archive changes (`None`: full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Position in the chain: 0 for a full archive, the parent's + 1.
+    #[serde(default)]
+    pub chain: u32,
+    /// Bytes this snapshot added to the store (its archive and index).
+    #[serde(default)]
+    pub added_bytes: u64,
+    /// For an incremental archive: what it stores itself (the bounds of
+    /// its restore step); a full one stores the whole tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<Stored>,
+    /// The per-file index the next snapshot compares with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexInfo>,
+}
+
+/// What an incremental archive stores: file data (apparent sizes) and
+/// directory listings, in bytes, and entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stored {
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+/// The index file's size and SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexInfo {
+    pub bytes: u64,
+    pub sha256: String,
 }
 
 impl Job {
@@ -47,13 +85,18 @@ impl Job {
             created_unix: now.as_secs() as i64,
             created_nanos: now.subsec_nanos() as i32,
             level,
+            parent: None,
+            chain: 0,
         }
     }
 }
 
-/// A snapshot's directory on its export.
+/// A snapshot's directory on its export, and the snapshots directory
+/// holding it (where its chain's parents are; `None` in unit tests of one
+/// archive).
 pub struct Store {
     pub dir: DirFd,
+    pub snaps: Option<DirFd>,
 }
 
 /// What is found in a snapshot's directory.
@@ -77,7 +120,11 @@ impl Store {
         let Some(snaps) = Self::snapshots_dir(root, create)? else {
             return Ok(None);
         };
-        Ok(snaps.subdir(key, create)?.map(|dir| Store { dir }))
+        let dir = snaps.subdir(key, create)?;
+        Ok(dir.map(|dir| Store {
+            dir,
+            snaps: Some(snaps),
+        }))
     }
 
     fn read_json<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Option<T>> {
@@ -89,7 +136,17 @@ impl Store {
         }
     }
 
+    /// A snapshot deleted while later ones still need its archive: kept,
+    /// but absent to every RPC.
+    pub fn deleted(&self) -> Result<bool> {
+        Ok(self.dir.entry_exists(std::ffi::OsStr::new(DELETED))?)
+    }
+
+    /// Ready, pending or absent; a deleted (tombstoned) snapshot is absent.
     pub fn state(&self) -> Result<State> {
+        if self.deleted()? {
+            return Ok(State::Absent);
+        }
         if let Some(m) = self.read_json::<Manifest>(MANIFEST)? {
             return Ok(State::Ready(m));
         }
@@ -107,5 +164,9 @@ impl Store {
 
     pub fn manifest(&self) -> Result<Option<Manifest>> {
         self.read_json(MANIFEST)
+    }
+
+    pub fn job(&self) -> Result<Option<Job>> {
+        self.read_json(JOB)
     }
 }

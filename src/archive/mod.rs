@@ -37,7 +37,10 @@
 //! [`Error`] and [`tree::Error`] are mapped to gRPC codes at the edge
 //! (`grpc::status`).
 
+pub mod chain;
 mod clone;
+mod incremental;
+mod index;
 mod manifest;
 mod reader;
 mod restore;
@@ -48,7 +51,7 @@ mod write;
 mod tests;
 
 pub use clone::clone_tree;
-pub use manifest::{Job, Manifest, State, Store};
+pub use manifest::{IndexInfo, Job, Manifest, State, Store, Stored};
 pub use restore::{RestoreOptions, empty_dir, extract, restore, restore_limits};
 pub use write::{ArchiveOptions, create_archive, write_tar};
 
@@ -57,6 +60,8 @@ use crate::sys::safefs;
 pub const ARCHIVE: &str = "archive.tar.zst";
 pub const MANIFEST: &str = "manifest.json";
 pub const JOB: &str = "job.json";
+/// The tombstone of a deleted snapshot whose archive later ones need.
+pub const DELETED: &str = "deleted";
 /// Read size for file data (large reads: fewer syscalls, better readahead).
 const READ_BUF: usize = 256 << 10;
 

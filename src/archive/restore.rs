@@ -11,7 +11,7 @@ use nix::sys::stat::Mode;
 use sha2::{Digest, Sha256};
 
 use super::tree::{self, Dest, Kind};
-use super::{ARCHIVE, Error, Manifest, READ_BUF, Result, Store, ioe, reader};
+use super::{ARCHIVE, Error, Manifest, READ_BUF, Result, Store, incremental, ioe, reader};
 use crate::sys::safefs::DirFd;
 
 /// Largest zstd window a restore accepts (2^24 = 16 MiB; level 19, the
@@ -49,14 +49,17 @@ pub struct RestoreOptions {
 /// manifest records plus a little slack, and never more data than the
 /// volume's capacity.
 pub fn restore_limits(manifest: &Manifest, capacity: u64) -> (u64, u64) {
-    let slack = manifest.size_bytes / 100 + SLACK_BYTES;
-    let mut bytes = manifest.size_bytes.saturating_add(slack);
+    // An incremental archive is bounded by what it stores itself.
+    let (size, count) = match manifest.stored {
+        Some(s) => (s.bytes, s.entries),
+        None => (manifest.size_bytes, manifest.file_count),
+    };
+    let slack = size / 100 + SLACK_BYTES;
+    let mut bytes = size.saturating_add(slack);
     if capacity > 0 {
         bytes = bytes.min(capacity);
     }
-    let entries = manifest
-        .file_count
-        .saturating_add(manifest.file_count / 100 + 16);
+    let entries = count.saturating_add(count / 100 + 16);
     (bytes, entries)
 }
 
@@ -88,11 +91,13 @@ fn hash_file(file: &File, len: u64, path: &str, cancel: &AtomicBool) -> Result<S
     Ok(hex::encode(hash.finalize()))
 }
 
-/// Restores the archive of `store` into `dest` (an empty directory). The
-/// archive is opened once; its size and SHA-256 are checked against
-/// `manifest` before anything is written, then it is extracted from the
-/// same descriptor (and hashed again on the way: a file changed meanwhile
-/// fails too). On failure, whatever was written is removed. Blocking.
+/// Restores the snapshot of `store` into `dest` (an empty directory): its
+/// chain of archives (the full one, then each incremental one in order;
+/// one archive for a full snapshot). Every archive is opened once and its
+/// size and SHA-256 checked against its manifest before anything is
+/// written; each is then extracted from the same descriptor (and hashed
+/// again on the way: a file changed meanwhile fails too). On failure,
+/// whatever was written is removed. Blocking.
 pub fn restore(
     store: &Store,
     manifest: &Manifest,
@@ -100,10 +105,35 @@ pub fn restore(
     opts: RestoreOptions,
     cancel: &AtomicBool,
 ) -> Result<(u64, u64)> {
-    use std::io::{Seek, SeekFrom};
-    let path = store.dir.path().join(ARCHIVE).display().to_string();
+    let chain = super::chain::resolve(store, manifest)?;
+    let mut files = Vec::with_capacity(chain.len());
+    for (dir, m) in &chain {
+        files.push(open_checked(dir, m, cancel)?);
+    }
+    let root = dest;
+    let res = (|| {
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for ((file, path), (_, m)) in files.iter().zip(&chain) {
+            let (a, b) = extract_checked(file, path, m, root.try_clone()?, opts, cancel)?;
+            n += a;
+            bytes += b;
+        }
+        Ok((n, bytes))
+    })();
+    if res.is_err()
+        && let Err(e) = empty_dir(&root)
+    {
+        tracing::error!(error = %e, "cannot remove what a failed restore wrote");
+    }
+    res
+}
+
+/// Opens the archive in `dir` and checks its size and SHA-256 against
+/// `manifest`; returns it with its path (for messages).
+fn open_checked(dir: &DirFd, manifest: &Manifest, cancel: &AtomicBool) -> Result<(File, String)> {
+    let path = dir.path().join(ARCHIVE).display().to_string();
     let fd = openat(
-        store.dir.fd(),
+        dir.fd(),
         ARCHIVE,
         OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
         Mode::empty(),
@@ -112,7 +142,7 @@ pub fn restore(
         what: format!("open {path}"),
         source: e.into(),
     })?;
-    let mut file = File::from(fd);
+    let file = File::from(fd);
     let st = nix::sys::stat::fstat(&file).map_err(|e| Error::Io {
         what: format!("stat {path}"),
         source: e.into(),
@@ -138,45 +168,50 @@ pub fn restore(
             want: tree::show(manifest.sha256.as_bytes()),
         });
     }
-    let root = dest.try_clone()?;
-    let res = (|| {
-        file.seek(SeekFrom::Start(0)).map_err(ioe("seek archive"))?;
-        let hashing = HashingReader {
-            inner: (&file).take(want),
-            hash: Sha256::new(),
-        };
-        let mut decoder =
-            zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 20, hashing))
-                .map_err(ioe("zstd"))?;
-        decoder
-            .window_log_max(WINDOW_LOG_MAX)
-            .map_err(ioe("zstd window"))?;
-        let (bytes, entries) = restore_limits(manifest, opts.capacity);
-        let out = extract(
-            &mut decoder,
-            Dest::new(dest, opts.policy).limits(bytes, entries),
-            cancel,
-        )?;
-        // The rest of the file, raw (whatever follows the tar stream is not
-        // decompressed), completes the second hash.
-        let mut rest = decoder.finish();
-        std::io::copy(&mut rest, &mut std::io::sink()).map_err(ioe("read archive"))?;
-        let again = hex::encode(rest.into_inner().hash.finalize());
-        if again != manifest.sha256 {
-            return Err(Error::Checksum {
-                path: path.clone(),
-                got: again,
-                want: tree::show(manifest.sha256.as_bytes()),
-            });
-        }
-        Ok(out)
-    })();
-    if res.is_err()
-        && let Err(e) = empty_dir(&root)
-    {
-        tracing::error!(error = %e, "cannot remove what a failed restore wrote");
+    Ok((file, path))
+}
+
+/// Extracts a checked archive into `dest`, hashing it again on the way.
+fn extract_checked(
+    mut file: &File,
+    path: &str,
+    manifest: &Manifest,
+    dest: DirFd,
+    opts: RestoreOptions,
+    cancel: &AtomicBool,
+) -> Result<(u64, u64)> {
+    use std::io::{Seek, SeekFrom};
+    let want = manifest.archive_bytes;
+    file.seek(SeekFrom::Start(0)).map_err(ioe("seek archive"))?;
+    let hashing = HashingReader {
+        inner: file.take(want),
+        hash: Sha256::new(),
+    };
+    let mut decoder =
+        zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 20, hashing))
+            .map_err(ioe("zstd"))?;
+    decoder
+        .window_log_max(WINDOW_LOG_MAX)
+        .map_err(ioe("zstd window"))?;
+    let (bytes, entries) = restore_limits(manifest, opts.capacity);
+    let out = extract(
+        &mut decoder,
+        Dest::new(dest, opts.policy).limits(bytes, entries),
+        cancel,
+    )?;
+    // The rest of the file, raw (whatever follows the tar stream is not
+    // decompressed), completes the second hash.
+    let mut rest = decoder.finish();
+    std::io::copy(&mut rest, &mut std::io::sink()).map_err(ioe("read archive"))?;
+    let again = hex::encode(rest.into_inner().hash.finalize());
+    if again != manifest.sha256 {
+        return Err(Error::Checksum {
+            path: path.to_string(),
+            got: again,
+            want: tree::show(manifest.sha256.as_bytes()),
+        });
     }
-    res
+    Ok(out)
 }
 
 /// Removes everything inside `dir`.
@@ -231,6 +266,25 @@ pub fn extract(src: &mut dyn Read, mut dest: Dest, cancel: &AtomicBool) -> Resul
         use tar::EntryType as T;
         match e.kind {
             T::Directory => dest.dir(path, e.meta.clone())?,
+            k if k.as_byte() == incremental::DUMPDIR => {
+                // A GNU dumpdir: the directory, then what it no longer
+                // holds removed (see `incremental`).
+                if e.stored > incremental::MAX_DUMPDIR {
+                    return Err(Error::Refused {
+                        reason: format!(
+                            "a directory listing of {} bytes at {} (at most {})",
+                            e.stored,
+                            tree::show(path),
+                            incremental::MAX_DUMPDIR
+                        ),
+                    });
+                }
+                let mut data = Vec::with_capacity(e.stored as usize);
+                archive.data().read_to_end(&mut data).map_err(copy_err)?;
+                let listing = incremental::Dumpdir::parse(data, path)?;
+                dest.dir(path, e.meta.clone())?;
+                dest.purge(path, &|name, is_dir| listing.keeps(name, is_dir))?;
+            }
             T::Regular | T::Continuous | T::GNUSparse => {
                 let size = e.apparent_size();
                 let mut f = dest.file(path, size)?;

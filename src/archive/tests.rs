@@ -163,6 +163,7 @@ fn archive_round_trip_keeps_every_kind_of_entry() {
     std::fs::create_dir_all(t.path().join("store")).unwrap();
     let store = Store {
         dir: DirFd::open_root(&t.path().join("store")).unwrap(),
+        snaps: None,
     };
     let job = Job::new("snap-1", "vol-1", 3);
     let m = create_archive(
@@ -221,6 +222,7 @@ fn corrupt_archive_restores_nothing() {
     std::fs::create_dir_all(t.path().join("store")).unwrap();
     let store = Store {
         dir: DirFd::open_root(&t.path().join("store")).unwrap(),
+        snaps: None,
     };
     let mut m = create_archive(
         &DirFd::open_root(&src).unwrap(),
@@ -271,6 +273,7 @@ fn archived(t: &Path, src: &Path) -> (Store, Manifest) {
     std::fs::create_dir_all(t.join("store")).unwrap();
     let store = Store {
         dir: DirFd::open_root(&t.join("store")).unwrap(),
+        snaps: None,
     };
     let m = create_archive(
         &DirFd::open_root(src).unwrap(),
@@ -555,6 +558,7 @@ fn a_zstd_window_beyond_the_cap_is_refused() {
     std::fs::create_dir_all(t.path().join("store")).unwrap();
     let store = Store {
         dir: DirFd::open_root(&t.path().join("store")).unwrap(),
+        snaps: None,
     };
     let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
     enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(WINDOW_LOG_MAX + 2))
@@ -573,6 +577,7 @@ fn a_zstd_window_beyond_the_cap_is_refused() {
         sha256: hex::encode(Sha256::digest(&data)),
         compression: "zstd".into(),
         level: 1,
+        ..Manifest::default()
     };
     let (_, d) = fresh(t.path(), "dst");
     let err = restore(
@@ -619,14 +624,14 @@ mod props {
         fn arbitrary_archive_files_fail_cleanly(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
             let t = tempfile::tempdir().unwrap();
             std::fs::create_dir_all(t.path().join("store")).unwrap();
-            let store = Store { dir: DirFd::open_root(&t.path().join("store")).unwrap() };
+            let store = Store { dir: DirFd::open_root(&t.path().join("store")).unwrap(), snaps: None };
             std::fs::write(t.path().join("store").join(ARCHIVE), &data).unwrap();
             let m = Manifest {
                 name: "s".into(), source_volume_id: "v".into(), created_unix: 0,
                 created_nanos: 0, size_bytes: 1 << 20, file_count: 100,
                 archive_bytes: data.len() as u64,
                 sha256: hex::encode(Sha256::digest(&data)),
-                compression: "zstd".into(), level: 1,
+                compression: "zstd".into(), level: 1, ..Manifest::default()
             };
             let (dst, d) = fresh(t.path(), "dst");
             let res = restore(&store, &m, d, RestoreOptions::default(), &AtomicBool::new(false));

@@ -324,6 +324,126 @@ pub fn walk(
     Ok(())
 }
 
+/// An entry of a directory as listed (and stat'ed) by [`walk_listed`];
+/// `store: false` leaves a non-directory out of the walk's visits.
+pub struct Listed {
+    pub name: OsString,
+    pub stat: FileStat,
+    pub kind: Kind,
+    pub store: bool,
+}
+
+/// What [`walk_listed`] reports: a directory with its entries (before any
+/// of them is visited; the callback may clear their `store`), or an entry
+/// that is not a directory.
+pub enum Event<'a, 'k> {
+    Dir {
+        path: &'a [u8],
+        dir: &'a DirFd,
+        stat: &'a FileStat,
+        entries: &'k mut Vec<Listed>,
+    },
+    Entry(Visit<'a>),
+}
+
+/// Like [`walk`] (depth-first, name order, no symlink followed, other
+/// filesystems and sockets skipped), but each directory is listed and its
+/// entries stat'ed when it is reached, and reported whole before its
+/// entries are visited (the root first, with an empty path). An entry is
+/// visited with the stat taken when its directory was listed.
+pub fn walk_listed<E: From<Error>>(
+    root: &DirFd,
+    cancel: &dyn Fn() -> bool,
+    on: &mut dyn FnMut(Event<'_, '_>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let dev = root.stat().map_err(Error::from)?.st_dev;
+    let list = |dir: &DirFd, prefix: &[u8]| -> Result<Vec<Listed>> {
+        let mut out = Vec::new();
+        for name in dir.list()? {
+            let st = match fstatat(dir.fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(io("stat", &join(prefix, name.as_bytes()))(e)),
+            };
+            let k = kind(&st);
+            if k == Kind::Socket {
+                continue;
+            }
+            if k == Kind::Dir && st.st_dev != dev {
+                tracing::warn!(path = %show(&join(prefix, name.as_bytes())), "skipping another filesystem mounted inside the volume");
+                continue;
+            }
+            out.push(Listed {
+                name,
+                stat: st,
+                kind: k,
+                store: true,
+            });
+        }
+        Ok(out)
+    };
+    let root_stat = root.stat().map_err(Error::from)?;
+    let mut entries = list(root, b"")?;
+    on(Event::Dir {
+        path: b"",
+        dir: root,
+        stat: &root_stat,
+        entries: &mut entries,
+    })?;
+    let mut stack: Vec<(DirFd, Vec<u8>, std::vec::IntoIter<Listed>)> = vec![(
+        root.try_clone().map_err(Error::from)?,
+        Vec::new(),
+        entries.into_iter(),
+    )];
+    while let Some((dir, prefix, entries)) = stack.last_mut() {
+        let Some(e) = entries.next() else {
+            stack.pop();
+            continue;
+        };
+        if cancel() {
+            return Err(Error::Cancelled.into());
+        }
+        let path = join(prefix, e.name.as_bytes());
+        if e.kind == Kind::Dir {
+            let child = match dir.child(&e.name) {
+                Ok(Some(child)) => child,
+                // gone or replaced since the listing: left out
+                Ok(None) | Err(safefs::Error::NotADirectory { .. }) => continue,
+                Err(err) => return Err(Error::from(err).into()),
+            };
+            let mut entries = list(&child, &path)?;
+            on(Event::Dir {
+                path: &path,
+                dir: &child,
+                stat: &e.stat,
+                entries: &mut entries,
+            })?;
+            stack.push((child, path, entries.into_iter()));
+            continue;
+        }
+        if !e.store {
+            continue;
+        }
+        on(Event::Entry(Visit {
+            path: &path,
+            parent: dir,
+            name: &e.name,
+            stat: &e.stat,
+            kind: e.kind,
+        }))?;
+    }
+    Ok(())
+}
+
+fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut path = prefix.to_vec();
+    if !path.is_empty() {
+        path.push(b'/');
+    }
+    path.extend_from_slice(name);
+    path
+}
+
 /// Opens a regular file met in a walk, without following a symlink, and
 /// checks it is still the file the walk saw (a pod may have swapped in a
 /// device node or a FIFO since): same device and inode, still regular.

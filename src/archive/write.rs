@@ -14,8 +14,11 @@ use nix::fcntl::{OFlag, openat, renameat};
 use nix::sys::stat::Mode;
 use sha2::{Digest, Sha256};
 
-use super::tree::{self, Kind, Links};
-use super::{ARCHIVE, Error, JOB, Job, MANIFEST, Manifest, READ_BUF, Result, Store, ioe, reader};
+use super::tree::{self, Event, Kind, Links};
+use super::{
+    ARCHIVE, Error, JOB, Job, MANIFEST, Manifest, READ_BUF, Result, Store, incremental, index, ioe,
+    reader,
+};
 use crate::sys::safefs::DirFd;
 
 /// Bytes of input per zstd worker job.
@@ -24,10 +27,25 @@ const JOB_SIZE: u32 = 2 << 20;
 const MAX_SEGMENTS: usize = reader::MAX_SPARSE - 1;
 
 /// A writer that hashes and counts what passes through.
-struct Hashing<W> {
+pub(super) struct Hashing<W> {
     inner: W,
     hash: Sha256,
     bytes: u64,
+}
+
+impl<W> Hashing<W> {
+    pub(super) fn new(inner: W) -> Hashing<W> {
+        Hashing {
+            inner,
+            hash: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The writer, the bytes written and their SHA-256.
+    pub(super) fn done(self) -> (W, u64, String) {
+        (self.inner, self.bytes, hex::encode(self.hash.finalize()))
+    }
 }
 
 impl<W: Write> Write for Hashing<W> {
@@ -49,94 +67,203 @@ pub struct ArchiveOptions {
     pub threads: u32,
 }
 
+/// What an archive holds: the tree's file data (apparent sizes) and
+/// entries, and what this archive itself stores of them (all of it for a
+/// full archive; the changed files and the directory listings for an
+/// incremental one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub size: u64,
+    pub count: u64,
+    pub stored_bytes: u64,
+    pub stored_entries: u64,
+}
+
 /// Writes the tree below `src` as tar into `out`. Returns (data bytes,
 /// entries). Blocking.
 pub fn write_tar<W: Write>(src: &DirFd, out: W, cancel: &AtomicBool) -> Result<(u64, u64, W)> {
+    let mut idx = index::Writer::new(std::io::sink())?;
+    let (t, out) = write_tree(src, out, None, &mut idx, cancel)?;
+    Ok((t.size, t.count, out))
+}
+
+/// Writes the tree below `src` as tar into `out` and its index into `idx`:
+/// in full, or, given the parent's index, as an incremental archive (GNU
+/// dumpdirs, only what changed). Blocking.
+pub(super) fn write_tree<W: Write, I: Write>(
+    src: &DirFd,
+    out: W,
+    mut parent: Option<&mut index::Reader>,
+    idx: &mut index::Writer<I>,
+    cancel: &AtomicBool,
+) -> Result<(Totals, W)> {
     let mut builder = tar::Builder::new(out);
     builder.mode(tar::HeaderMode::Complete);
     builder.follow_symlinks(false);
     let mut links = Links::default();
-    let mut size = 0u64;
-    let mut count = 0u64;
-    // The root directory's own metadata, as "./".
-    {
-        let st = src.stat()?;
-        let mut h = header_for(&st, tar::EntryType::Directory);
-        builder
-            .append_data(&mut h, "./", std::io::empty())
-            .map_err(ioe("write archive"))?;
-    }
-    tree::walk(src, &|| cancel.load(Ordering::Relaxed), &mut |v| {
-        let path = Path::new(OsStr::from_bytes(v.path));
-        let err = |e: std::io::Error| tree::Error::Stream {
-            path: format!("archive {}", String::from_utf8_lossy(v.path)),
-            source: e,
-        };
-        match v.kind {
-            Kind::Dir => {
-                let dir = v.parent.child(v.name)?;
-                let xattrs = dir
-                    .as_ref()
-                    .map(|d| tree::read_xattrs(d.fd()))
-                    .unwrap_or_default();
-                pax_xattrs(&mut builder, &xattrs).map_err(err)?;
-                let mut h = header_for(v.stat, tar::EntryType::Directory);
-                let mut name = v.path.to_vec();
-                name.push(b'/');
-                builder
-                    .append_data(
-                        &mut h,
-                        Path::new(OsStr::from_bytes(&name)),
-                        std::io::empty(),
-                    )
-                    .map_err(err)?;
-            }
-            Kind::File => {
-                if let Some(first) = links.seen(v.stat, v.path) {
-                    let mut h = header_for(v.stat, tar::EntryType::Link);
-                    h.set_size(0);
-                    builder
-                        .append_link(&mut h, path, Path::new(OsStr::from_bytes(&first)))
-                        .map_err(err)?;
-                } else {
-                    let (f, st) = tree::open_file(v.parent, v.name, v.path, v.stat)?;
-                    pax_xattrs(&mut builder, &tree::read_xattrs(f.as_fd())).map_err(err)?;
-                    append_regular(&mut builder, path, &f, &st).map_err(err)?;
-                    size += st.st_size as u64;
-                }
-            }
-            Kind::Symlink => {
-                let target = tree::read_link(v.parent, v.name, v.path)?;
-                let mut h = header_for(v.stat, tar::EntryType::Symlink);
-                builder
-                    .append_link(&mut h, path, Path::new(&target))
-                    .map_err(err)?;
-            }
-            Kind::Fifo | Kind::Char | Kind::Block => {
-                let t = match v.kind {
-                    Kind::Fifo => tar::EntryType::Fifo,
-                    Kind::Char => tar::EntryType::Char,
-                    _ => tar::EntryType::Block,
+    let mut t = Totals::default();
+    tree::walk_listed::<Error>(
+        src,
+        &|| cancel.load(Ordering::Relaxed),
+        &mut |ev| match ev {
+            Event::Dir {
+                path,
+                dir,
+                stat,
+                entries,
+            } => {
+                let err = |e: std::io::Error| tree::Error::Stream {
+                    path: format!("archive {}", String::from_utf8_lossy(path)),
+                    source: e,
                 };
-                let mut h = header_for(v.stat, t);
-                if v.kind != Kind::Fifo {
-                    let rdev = v.stat.st_rdev;
-                    h.set_device_major(nix::sys::stat::major(rdev) as u32)
-                        .map_err(err)?;
-                    h.set_device_minor(nix::sys::stat::minor(rdev) as u32)
-                        .map_err(err)?;
+                let recs: Vec<index::Rec> = entries
+                    .iter()
+                    .map(|e| index::Rec::from_stat(e.name.as_bytes(), &e.stat))
+                    .collect();
+                let dumpdir = match parent.as_deref_mut() {
+                    None => None,
+                    Some(p) => {
+                        let found = p.seek_dir(path)?;
+                        let mut peek = None;
+                        let mut dd = Vec::new();
+                        for e in entries.iter_mut() {
+                            let name = e.name.as_bytes();
+                            if e.kind == Kind::Dir {
+                                incremental::push(&mut dd, b'D', name);
+                                continue;
+                            }
+                            let old = if found {
+                                p.find(name, &mut peek)?
+                            } else {
+                                None
+                            };
+                            e.store = incremental::changed(old.as_ref(), &e.stat);
+                            if e.store {
+                                incremental::push(&mut dd, b'Y', name);
+                            } else {
+                                incremental::push(&mut dd, b'N', name);
+                                t.count += 1;
+                                if e.kind == Kind::File {
+                                    t.size += e.stat.st_size.max(0) as u64;
+                                }
+                            }
+                        }
+                        dd.push(0);
+                        if dd.len() as u64 > incremental::MAX_DUMPDIR {
+                            return Err(tree::Error::OverLimit {
+                                what: "directory listing bytes",
+                                limit: incremental::MAX_DUMPDIR,
+                            }
+                            .into());
+                        }
+                        Some(dd)
+                    }
+                };
+                idx.block(path, &recs)?;
+                pax_xattrs(&mut builder, &tree::read_xattrs(dir.fd())).map_err(err)?;
+                let mut name = if path.is_empty() {
+                    b".".to_vec()
+                } else {
+                    path.to_vec()
+                };
+                name.push(b'/');
+                let name = Path::new(OsStr::from_bytes(&name));
+                match dumpdir {
+                    None => {
+                        let mut h = header_for(stat, tar::EntryType::Directory);
+                        builder
+                            .append_data(&mut h, name, std::io::empty())
+                            .map_err(err)?;
+                    }
+                    Some(dd) => {
+                        let mut h = header_for(stat, tar::EntryType::new(incremental::DUMPDIR));
+                        h.set_size(dd.len() as u64);
+                        t.stored_bytes += dd.len() as u64;
+                        builder.append_data(&mut h, name, &dd[..]).map_err(err)?;
+                    }
                 }
+                if !path.is_empty() {
+                    t.count += 1;
+                }
+                t.stored_entries += 1;
+                Ok(())
+            }
+            Event::Entry(v) => {
+                append_entry(&mut builder, &v, &mut links, &mut t)?;
+                Ok(())
+            }
+        },
+    )?;
+    let out = builder.into_inner().map_err(ioe("finish archive"))?;
+    Ok((t, out))
+}
+
+/// Appends one entry that is not a directory.
+fn append_entry<W: Write>(
+    builder: &mut tar::Builder<W>,
+    v: &tree::Visit<'_>,
+    links: &mut Links,
+    t: &mut Totals,
+) -> Result<()> {
+    let path = Path::new(OsStr::from_bytes(v.path));
+    let err = |e: std::io::Error| tree::Error::Stream {
+        path: format!("archive {}", String::from_utf8_lossy(v.path)),
+        source: e,
+    };
+    match v.kind {
+        Kind::Dir | Kind::Socket => return Ok(()),
+        Kind::File => {
+            if let Some(first) = links.seen(v.stat, v.path) {
+                let mut h = header_for(v.stat, tar::EntryType::Link);
+                h.set_size(0);
                 builder
-                    .append_data(&mut h, path, std::io::empty())
+                    .append_link(&mut h, path, Path::new(OsStr::from_bytes(&first)))
+                    .map_err(err)?;
+            } else {
+                let (f, st) = match tree::open_file(v.parent, v.name, v.path, v.stat) {
+                    Ok(x) => x,
+                    // deleted since its directory was listed: left out
+                    Err(tree::Error::Io {
+                        source: nix::errno::Errno::ENOENT,
+                        ..
+                    }) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                };
+                pax_xattrs(builder, &tree::read_xattrs(f.as_fd())).map_err(err)?;
+                append_regular(builder, path, &f, &st).map_err(err)?;
+                t.size += st.st_size.max(0) as u64;
+                t.stored_bytes += st.st_size.max(0) as u64;
+            }
+        }
+        Kind::Symlink => {
+            let target = tree::read_link(v.parent, v.name, v.path)?;
+            let mut h = header_for(v.stat, tar::EntryType::Symlink);
+            builder
+                .append_link(&mut h, path, Path::new(&target))
+                .map_err(err)?;
+        }
+        Kind::Fifo | Kind::Char | Kind::Block => {
+            let t = match v.kind {
+                Kind::Fifo => tar::EntryType::Fifo,
+                Kind::Char => tar::EntryType::Char,
+                _ => tar::EntryType::Block,
+            };
+            let mut h = header_for(v.stat, t);
+            if v.kind != Kind::Fifo {
+                let rdev = v.stat.st_rdev;
+                h.set_device_major(nix::sys::stat::major(rdev) as u32)
+                    .map_err(err)?;
+                h.set_device_minor(nix::sys::stat::minor(rdev) as u32)
                     .map_err(err)?;
             }
-            Kind::Socket => return Ok(()),
+            builder
+                .append_data(&mut h, path, std::io::empty())
+                .map_err(err)?;
         }
-        count += 1;
-        Ok(())
-    })?;
-    let out = builder.into_inner().map_err(ioe("finish archive"))?;
-    Ok((size, count, out))
+    }
+    t.count += 1;
+    t.stored_entries += 1;
+    Ok(())
 }
 
 /// Appends a regular file whose size is fixed by `st` (the stat of the open
@@ -325,8 +452,71 @@ fn pax_xattrs<W: Write>(
     builder.append(&h, &data[..])
 }
 
+/// Creates a temporary file (`O_EXCL`, replacing a stale one) in `store`.
+fn create_tmp(store: &Store, tmp: &str) -> Result<File> {
+    store.dir.remove_file(tmp)?;
+    let fd = openat(
+        store.dir.fd(),
+        tmp,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| Error::Io {
+        what: format!("create {}", store.dir.path().join(tmp).display()),
+        source: e.into(),
+    })?;
+    Ok(File::from(fd))
+}
+
+/// The parent's index, checked against its manifest; `None` (logged) when
+/// it cannot be used, and the archive is then written in full.
+fn parent_index(store: &Store, job: &Job) -> Option<index::Reader> {
+    let key = job.parent.as_deref()?;
+    let open = || -> Result<Option<index::Reader>> {
+        let Some(snaps) = &store.snaps else {
+            return Ok(None);
+        };
+        let Some(dir) = super::chain::open_snapshot(snaps, key)? else {
+            return Ok(None);
+        };
+        let parent = Store { dir, snaps: None };
+        let Some(m) = parent.manifest()? else {
+            return Ok(None);
+        };
+        let Some(info) = &m.index else {
+            return Ok(None);
+        };
+        if m.source_volume_id != job.source_volume_id {
+            return Ok(None);
+        }
+        let fd = openat(
+            parent.dir.fd(),
+            index::INDEX,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::Io {
+            what: format!("open {}", parent.dir.path().join(index::INDEX).display()),
+            source: e.into(),
+        })?;
+        index::Reader::open(File::from(fd), info.bytes, &info.sha256).map(Some)
+    };
+    match open() {
+        Ok(Some(r)) => Some(r),
+        Ok(None) => {
+            tracing::warn!(snapshot = %job.name, parent = %key, "parent snapshot has no usable index; archiving in full");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(snapshot = %job.name, parent = %key, error = %e, "parent snapshot's index unusable; archiving in full");
+            None
+        }
+    }
+}
+
 /// Writes the archive of `src` into `store` atomically and records its
-/// manifest. Blocking.
+/// manifest: incremental against `job.parent` when that snapshot's index
+/// is usable, else in full. Blocking.
 pub fn create_archive(
     src: &DirFd,
     store: &Store,
@@ -334,69 +524,99 @@ pub fn create_archive(
     opts: ArchiveOptions,
     cancel: &AtomicBool,
 ) -> Result<Manifest> {
-    let tmp = format!(".{ARCHIVE}.tmp");
-    store.dir.remove_file(&tmp)?;
-    let fd = openat(
-        store.dir.fd(),
-        tmp.as_str(),
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o600),
-    )
-    .map_err(|e| Error::Io {
-        what: format!("create {}", store.dir.path().join(&tmp).display()),
-        source: e.into(),
-    })?;
-    let file = std::io::BufWriter::with_capacity(1 << 20, File::from(fd));
-    let hashing = Hashing {
-        inner: file,
-        hash: Sha256::new(),
-        bytes: 0,
+    let parent = parent_index(store, job);
+    let incremental = parent.is_some();
+    let manifest = match write_once(src, store, job, opts, parent, cancel) {
+        Err(Error::Tree(tree::Error::OverLimit { what, .. }))
+            if incremental && what == "directory listing bytes" =>
+        {
+            tracing::warn!(snapshot = %job.name, "a directory too large for an incremental listing; archiving in full");
+            write_once(src, store, job, opts, None, cancel)?
+        }
+        r => r?,
     };
+    for (tmp, name) in [(TMP_INDEX, index::INDEX), (TMP_ARCHIVE, ARCHIVE)] {
+        renameat(store.dir.fd(), tmp, store.dir.fd(), name).map_err(|e| Error::Io {
+            what: format!("rename {name}"),
+            source: e.into(),
+        })?;
+    }
+    let bytes =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| Error::BadJson(MANIFEST.into(), e))?;
+    store.dir.write_atomic(MANIFEST, &bytes)?;
+    store.dir.remove_file(JOB)?;
+    Ok(manifest)
+}
+
+const TMP_ARCHIVE: &str = ".archive.tar.zst.tmp";
+const TMP_INDEX: &str = ".index.zst.tmp";
+
+/// Writes the archive and its index into their temporary files, fsynced;
+/// returns the manifest to record once they are renamed into place.
+fn write_once(
+    src: &DirFd,
+    store: &Store,
+    job: &Job,
+    opts: ArchiveOptions,
+    mut parent: Option<index::Reader>,
+    cancel: &AtomicBool,
+) -> Result<Manifest> {
+    let file = create_tmp(store, TMP_ARCHIVE)?;
     let result = (|| {
-        let mut enc =
-            zstd::stream::write::Encoder::new(hashing, opts.level).map_err(ioe("zstd"))?;
+        let ifile = create_tmp(store, TMP_INDEX)?;
+        let mut idx = index::Writer::new(std::io::BufWriter::with_capacity(256 << 10, ifile))?;
+        let file = std::io::BufWriter::with_capacity(1 << 20, file);
+        let mut enc = zstd::stream::write::Encoder::new(Hashing::new(file), opts.level)
+            .map_err(ioe("zstd"))?;
         if opts.threads > 1 {
             enc.multithread(opts.threads).map_err(ioe("zstd threads"))?;
             // Bounded jobs keep memory flat whatever the level's window.
             enc.set_parameter(zstd::stream::raw::CParameter::JobSize(JOB_SIZE))
                 .map_err(ioe("zstd job size"))?;
         }
-        let (size, count, enc) = write_tar(src, enc, cancel)?;
-        let hashing = enc.finish().map_err(ioe("zstd finish"))?;
-        let file = hashing.inner.into_inner().map_err(|e| Error::Io {
+        let (t, enc) = write_tree(src, enc, parent.as_mut(), &mut idx, cancel)?;
+        let (file, archive_bytes, sha256) = enc.finish().map_err(ioe("zstd finish"))?.done();
+        let file = file.into_inner().map_err(|e| Error::Io {
             what: "flush archive".into(),
             source: e.into_error(),
         })?;
         file.sync_all().map_err(ioe("fsync archive"))?;
+        let (ifile, index_bytes, index_sha) = idx.finish()?;
+        let ifile = ifile.into_inner().map_err(|e| Error::Io {
+            what: "flush index".into(),
+            source: e.into_error(),
+        })?;
+        ifile.sync_all().map_err(ioe("fsync index"))?;
+        let incremental = parent.is_some();
         Ok::<_, Error>(Manifest {
             name: job.name.clone(),
             source_volume_id: job.source_volume_id.clone(),
             created_unix: job.created_unix,
             created_nanos: job.created_nanos,
-            size_bytes: size,
-            file_count: count,
-            archive_bytes: hashing.bytes,
-            sha256: hex::encode(hashing.hash.finalize()),
+            size_bytes: t.size,
+            file_count: t.count,
+            archive_bytes,
+            sha256,
             compression: "zstd".into(),
             level: opts.level,
+            parent: job.parent.clone().filter(|_| incremental),
+            chain: if incremental { job.chain } else { 0 },
+            added_bytes: archive_bytes + index_bytes,
+            stored: incremental.then_some(super::Stored {
+                bytes: t.stored_bytes,
+                entries: t.stored_entries,
+            }),
+            index: Some(super::IndexInfo {
+                bytes: index_bytes,
+                sha256: index_sha,
+            }),
         })
     })();
-    let manifest = match result {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = store.dir.remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    renameat(store.dir.fd(), tmp.as_str(), store.dir.fd(), ARCHIVE).map_err(|e| Error::Io {
-        what: "rename archive".into(),
-        source: e.into(),
-    })?;
-    let bytes =
-        serde_json::to_vec_pretty(&manifest).map_err(|e| Error::BadJson(MANIFEST.into(), e))?;
-    store.dir.write_atomic(MANIFEST, &bytes)?;
-    store.dir.remove_file(JOB)?;
-    Ok(manifest)
+    if result.is_err() {
+        let _ = store.dir.remove_file(TMP_ARCHIVE);
+        let _ = store.dir.remove_file(TMP_INDEX);
+    }
+    result
 }
 
 #[cfg(test)]
@@ -466,6 +686,7 @@ mod tests {
         std::fs::create_dir_all(t.path().join("store")).unwrap();
         let store = Store {
             dir: DirFd::open_root(&t.path().join("store")).unwrap(),
+            snaps: None,
         };
         let err = create_archive(
             &DirFd::open_root(&src).unwrap(),

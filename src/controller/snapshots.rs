@@ -3,7 +3,6 @@
 //! `crate::archive`).
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::time::Duration;
 
 use crate::archive::{self, State, Store};
@@ -27,12 +26,12 @@ pub(super) fn snapshot_params(
     for key in keys {
         let known = matches!(
             key.as_str(),
-            "server" | "share" | "mountedShare" | "compressionLevel"
+            "server" | "share" | "mountedShare" | "compressionLevel" | "incremental" | "fullEvery"
         ) || key.starts_with("csi.storage.k8s.io/");
         if !known {
             return Err(Error::SnapshotParameter {
                 name: key.clone(),
-                reason: "unknown; known: server, share, mountedShare, compressionLevel".into(),
+                reason: "unknown; known: server, share, mountedShare, compressionLevel, incremental, fullEvery".into(),
             });
         }
     }
@@ -56,6 +55,38 @@ pub(super) fn snapshot_params(
             })?,
     };
     Ok((export, level))
+}
+
+/// The VolumeSnapshotClass parameters of incremental archives: `None`
+/// when `incremental: "false"`, else how many archives a chain may hold
+/// (`fullEvery`, default 8; 1 makes every archive full).
+pub(super) fn incremental_params(params: &HashMap<String, String>) -> Result<Option<u32>> {
+    let on = match params.get("incremental").map(String::as_str) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(v) => {
+            return Err(Error::SnapshotParameter {
+                name: "incremental".into(),
+                reason: format!("{} is not \"true\" or \"false\"", quote(v)),
+            });
+        }
+    };
+    let every = match params.get("fullEvery") {
+        None => archive::chain::FULL_EVERY,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=archive::chain::MAX_CHAIN).contains(n))
+            .ok_or_else(|| Error::SnapshotParameter {
+                name: "fullEvery".into(),
+                reason: format!(
+                    "{} is not a number of archives from 1 to {}",
+                    quote(v),
+                    archive::chain::MAX_CHAIN
+                ),
+            })?,
+    };
+    Ok(on.then_some(every))
 }
 
 pub(super) fn timestamp(secs: i64, nanos: i32) -> prost_types::Timestamp {
@@ -132,6 +163,7 @@ impl ControllerService {
             return Err(Error::Missing("source_volume_id"));
         }
         let (storage, level) = snapshot_params(&req.parameters, self.config.snapshot_level)?;
+        let full_every = incremental_params(&req.parameters)?;
         let src = VolumeId::parse(&req.source_volume_id)?;
         let sid = SnapshotId::new(storage.unwrap_or_else(|| src.export.clone()), &req.name);
         let key = sid.to_string();
@@ -160,8 +192,19 @@ impl ControllerService {
                 }
                 Some(_) => {}
             }
+            // Choosing a parent and naming it in job.json, atomically
+            // against deletions (archive::chain).
+            let _chain = archive::chain::lock();
             let store =
                 Store::open(&st, &skey, true)?.ok_or(Error::Missing("snapshot directory"))?;
+            if store.deleted()? {
+                // Deleted, but its archive is still a later snapshot's
+                // parent: the name stays taken until that one goes.
+                return Err(Error::SnapshotExists {
+                    name,
+                    existing: "a deleted snapshot whose archive later snapshots still need".into(),
+                });
+            }
             let state = store.state()?;
             let other = match &state {
                 State::Ready(m) => Some(&m.source_volume_id),
@@ -177,7 +220,14 @@ impl ControllerService {
                 });
             }
             if let State::Absent = state {
-                let job = archive::Job::new(&name, &source_id, level);
+                let mut job = archive::Job::new(&name, &source_id, level);
+                if let (Some(every), Some(snaps)) = (full_every, &store.snaps)
+                    && let Some((parent, chain)) =
+                        archive::chain::choose_parent(snaps, &source_id, every)?
+                {
+                    job.parent = Some(parent);
+                    job.chain = chain;
+                }
                 store.start(&job)?;
                 return Ok::<_, Error>(State::Pending(job));
             }
@@ -224,8 +274,11 @@ impl ControllerService {
                 Ok(m) => {
                     let secs = start.elapsed().as_secs_f64();
                     let metrics = crate::sys::metrics::get();
-                    metrics.snapshot_bytes.inc_by(m.size_bytes);
-                    metrics.snapshot_archive_bytes.inc_by(m.archive_bytes);
+                    // What this snapshot archived and added to the store
+                    // (an incremental one: its changes only).
+                    let data = m.stored.map_or(m.size_bytes, |s| s.bytes);
+                    metrics.snapshot_bytes.inc_by(data);
+                    metrics.snapshot_archive_bytes.inc_by(m.added_bytes);
                     metrics.snapshot_seconds.observe(secs);
                     metrics
                         .snapshot_throughput
@@ -234,6 +287,9 @@ impl ControllerService {
                         snapshot = %m.name,
                         bytes = m.size_bytes,
                         archive_bytes = m.archive_bytes,
+                        added_bytes = m.added_bytes,
+                        parent = m.parent.as_deref().unwrap_or(""),
+                        chain = m.chain,
                         files = m.file_count,
                         seconds = secs,
                         "snapshot ready"
@@ -287,14 +343,23 @@ impl ControllerService {
         }
         let (root, _) = self.exports.ready(&sid.export).await?;
         let skey = sid.key.clone();
-        offload::run("delete snapshot", self.exports.timeouts().fs, move || {
-            if let Some(dir) = Store::snapshots_dir(&root, false)? {
-                dir.remove_tree(OsStr::new(&skey))?;
-            }
-            Ok::<_, Error>(())
+        let done = offload::run("delete snapshot", self.exports.timeouts().fs, move || {
+            let Some(dir) = Store::snapshots_dir(&root, false)? else {
+                return Ok(archive::chain::Deleted::Removed);
+            };
+            let _chain = archive::chain::lock();
+            Ok::<_, Error>(archive::chain::delete(&dir, &skey)?)
         })
         .await??;
-        tracing::info!(snapshot_id = %key, "snapshot deleted");
+        match done {
+            archive::chain::Deleted::Removed => {
+                tracing::info!(snapshot_id = %key, "snapshot deleted")
+            }
+            archive::chain::Deleted::Kept => tracing::info!(
+                snapshot_id = %key,
+                "snapshot deleted; its archive is kept while later snapshots need it"
+            ),
+        }
         Ok(csi::DeleteSnapshotResponse {})
     }
 }

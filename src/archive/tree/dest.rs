@@ -225,6 +225,33 @@ impl Dest {
         Ok(())
     }
 
+    /// Removes from the directory at `path` (already made by [`Dest::dir`])
+    /// every entry `keep` refuses, given its name and whether it is a
+    /// directory (an incremental restore's deletions). Nothing is followed:
+    /// the directory is opened one component at a time, entries removed
+    /// by descriptor.
+    pub fn purge(&mut self, path: &[u8], keep: &dyn Fn(&[u8], bool) -> bool) -> Result<()> {
+        let mut cur = self.root.try_clone().map_err(short_fs(path))?;
+        for c in components(path)? {
+            cur = match cur.child(OsStr::from_bytes(c)) {
+                Ok(Some(d)) => d,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(short_fs(path)(e)),
+            };
+        }
+        for name in cur.list().map_err(short_fs(path))? {
+            let st = match fstatat(cur.fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(io("stat", path)(e)),
+            };
+            if !keep(name.as_bytes(), kind(&st) == Kind::Dir) {
+                cur.remove_tree(&name).map_err(short_fs(path))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Creates a regular file of `size` bytes (its apparent size, counted
     /// against the limits) and returns it open for writing; call
     /// [`Dest::finish_file`] after writing its data.

@@ -1,0 +1,314 @@
+//! The per-file index a snapshot writes beside its archive (`index.zst`),
+//! which the next snapshot of the same volume compares the live tree with.
+//!
+//! Format (zstd-compressed): a magic line, then one block per directory in
+//! the walk's order (parents first, names sorted bytewise): `B`, the
+//! directory's path, the count of its entries, then each entry (name,
+//! kind, inode, size, mtime, ctime, mode, owner, link count) in name
+//! order; `E` ends it. The next snapshot merges these blocks against its
+//! own walk, so only one block's current entry is in memory.
+//!
+//! Safety assumptions: the index lives on the export and is hostile input
+//! like the archive: its SHA-256 is in the manifest and checked before it
+//! is read, and every length read from it is bounded ([`reader::MAX_PATH`],
+//! 255-byte names). A bad index only costs the next snapshot its
+//! incremental: it is then written in full.
+
+use std::cmp::Ordering;
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+
+use nix::sys::stat::FileStat;
+use sha2::{Digest, Sha256};
+
+use super::tree::{self, Kind};
+use super::{Error, Result, reader};
+
+pub const INDEX: &str = "index.zst";
+const MAGIC: &[u8; 8] = b"NCSIIDX1";
+const NAME_MAX: usize = 255;
+
+/// What the index records of one entry: what tells a changed file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rec {
+    pub name: Vec<u8>,
+    pub kind: u8,
+    pub ino: u64,
+    pub size: i64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u64,
+}
+
+pub fn kind_byte(k: Kind) -> u8 {
+    match k {
+        Kind::Dir => b'd',
+        Kind::File => b'f',
+        Kind::Symlink => b'l',
+        Kind::Fifo => b'p',
+        Kind::Char => b'c',
+        Kind::Block => b'b',
+        Kind::Socket => b's',
+    }
+}
+
+impl Rec {
+    pub fn from_stat(name: &[u8], st: &FileStat) -> Rec {
+        Rec {
+            name: name.to_vec(),
+            kind: kind_byte(tree::kind(st)),
+            ino: st.st_ino,
+            size: st.st_size,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            nlink: st.st_nlink,
+        }
+    }
+}
+
+/// The walk's order of two paths (`/`-separated, relative): component by
+/// component, a directory before what it holds.
+pub fn walk_order(a: &[u8], b: &[u8]) -> Ordering {
+    fn key(p: &[u8]) -> impl Iterator<Item = u8> + '_ {
+        p.iter().map(|c| if *c == b'/' { 0 } else { *c })
+    }
+    key(a).cmp(key(b))
+}
+
+fn corrupt(why: &str) -> Error {
+    Error::Corrupt {
+        reason: format!("snapshot index: {why}"),
+    }
+}
+
+/// Writes an index through zstd, hashing and counting the bytes written.
+pub struct Writer<W: Write> {
+    enc: zstd::stream::write::Encoder<'static, super::write::Hashing<W>>,
+}
+
+impl<W: Write> Writer<W> {
+    pub fn new(out: W) -> Result<Writer<W>> {
+        let hashing = super::write::Hashing::new(out);
+        let mut enc = zstd::stream::write::Encoder::new(hashing, 3).map_err(super::ioe("zstd"))?;
+        enc.write_all(MAGIC).map_err(super::ioe("write index"))?;
+        Ok(Writer { enc })
+    }
+
+    /// One directory's block: its path and its entries, in name order.
+    pub fn block(&mut self, path: &[u8], recs: &[Rec]) -> Result<()> {
+        let mut buf = Vec::with_capacity(64 << 10);
+        buf.push(b'B');
+        buf.extend_from_slice(&(path.len() as u32).to_le_bytes());
+        buf.extend_from_slice(path);
+        buf.extend_from_slice(&(recs.len() as u32).to_le_bytes());
+        for r in recs {
+            buf.extend_from_slice(&(r.name.len() as u16).to_le_bytes());
+            buf.extend_from_slice(&r.name);
+            buf.push(r.kind);
+            for v in [r.ino, r.size as u64, r.mtime.0 as u64, r.mtime.1 as u64] {
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+            for v in [r.ctime.0 as u64, r.ctime.1 as u64, r.nlink] {
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+            for v in [r.mode, r.uid, r.gid] {
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+            if buf.len() >= 60 << 10 {
+                self.enc
+                    .write_all(&buf)
+                    .map_err(super::ioe("write index"))?;
+                buf.clear();
+            }
+        }
+        self.enc
+            .write_all(&buf)
+            .map_err(super::ioe("write index"))?;
+        Ok(())
+    }
+
+    /// Ends the index; returns the output, its bytes and SHA-256.
+    pub fn finish(mut self) -> Result<(W, u64, String)> {
+        self.enc
+            .write_all(b"E")
+            .map_err(super::ioe("write index"))?;
+        let h = self.enc.finish().map_err(super::ioe("zstd finish"))?;
+        let (inner, bytes, sha) = h.done();
+        Ok((inner, bytes, sha))
+    }
+}
+
+/// Reads an index written by [`Writer`], block by block, entry by entry.
+pub struct Reader {
+    inner: zstd::stream::read::Decoder<'static, BufReader<File>>,
+    /// The path of the block whose entries are being read, and how many
+    /// are left; `None` at the end.
+    block: Option<Vec<u8>>,
+    left: u32,
+}
+
+impl Reader {
+    /// Checks `file` against its length and SHA-256, then opens it.
+    pub fn open(mut file: File, bytes: u64, sha256: &str) -> Result<Reader> {
+        use std::io::{Seek, SeekFrom};
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 256 << 10];
+        let mut total = 0u64;
+        loop {
+            let n = file.read(&mut buf).map_err(super::ioe("read index"))?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if total > bytes {
+                break;
+            }
+            hash.update(&buf[..n]);
+        }
+        if total != bytes || hex::encode(hash.finalize()) != sha256 {
+            return Err(corrupt("does not match its manifest"));
+        }
+        file.seek(SeekFrom::Start(0))
+            .map_err(super::ioe("seek index"))?;
+        let mut inner = zstd::stream::read::Decoder::with_buffer(BufReader::new(file))
+            .map_err(super::ioe("zstd"))?;
+        inner
+            .window_log_max(super::restore::WINDOW_LOG_MAX)
+            .map_err(super::ioe("zstd window"))?;
+        let mut magic = [0u8; 8];
+        read_exact(&mut inner, &mut magic)?;
+        if &magic != MAGIC {
+            return Err(corrupt("not an index"));
+        }
+        let mut r = Reader {
+            inner,
+            block: None,
+            left: 0,
+        };
+        r.next_block()?;
+        Ok(r)
+    }
+
+    fn next_block(&mut self) -> Result<()> {
+        let mut tag = [0u8; 1];
+        read_exact(&mut self.inner, &mut tag)?;
+        match tag[0] {
+            b'E' => {
+                self.block = None;
+                self.left = 0;
+            }
+            b'B' => {
+                let len = u32_le(&mut self.inner)? as usize;
+                if len > reader::MAX_PATH {
+                    return Err(corrupt("a path too long"));
+                }
+                let mut path = vec![0u8; len];
+                read_exact(&mut self.inner, &mut path)?;
+                self.left = u32_le(&mut self.inner)?;
+                self.block = Some(path);
+            }
+            _ => return Err(corrupt("unknown record")),
+        }
+        Ok(())
+    }
+
+    fn next_rec(&mut self) -> Result<Option<Rec>> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        let mut l = [0u8; 2];
+        read_exact(&mut self.inner, &mut l)?;
+        let len = u16::from_le_bytes(l) as usize;
+        if len == 0 || len > NAME_MAX {
+            return Err(corrupt("a bad name"));
+        }
+        let mut name = vec![0u8; len];
+        read_exact(&mut self.inner, &mut name)?;
+        let mut fixed = [0u8; 1 + 7 * 8 + 3 * 4];
+        read_exact(&mut self.inner, &mut fixed)?;
+        let u = |i: usize| {
+            let at = 1 + i * 8;
+            u64::from_le_bytes(fixed[at..at + 8].try_into().unwrap_or([0; 8]))
+        };
+        let w = |i: usize| {
+            let at = 1 + 7 * 8 + i * 4;
+            u32::from_le_bytes(fixed[at..at + 4].try_into().unwrap_or([0; 4]))
+        };
+        Ok(Some(Rec {
+            name,
+            kind: fixed[0],
+            ino: u(0),
+            size: u(1) as i64,
+            mtime: (u(2) as i64, u(3) as i64),
+            ctime: (u(4) as i64, u(5) as i64),
+            nlink: u(6),
+            mode: w(0),
+            uid: w(1),
+            gid: w(2),
+        }))
+    }
+
+    /// The entries the parent recorded for the directory at `path` (the
+    /// walk's directories come in order: blocks before it are skipped), or
+    /// `None` when it had no such directory. The returned cursor must be
+    /// read in name order.
+    pub fn seek_dir(&mut self, path: &[u8]) -> Result<bool> {
+        loop {
+            let ord = match &self.block {
+                None => return Ok(false),
+                Some(b) => walk_order(b, path),
+            };
+            match ord {
+                Ordering::Less => {
+                    while self.next_rec()?.is_some() {}
+                    self.next_block()?;
+                }
+                Ordering::Equal => return Ok(true),
+                Ordering::Greater => return Ok(false),
+            }
+        }
+    }
+
+    /// The parent's record of `name` in the block found by [`seek_dir`]
+    /// (names asked in increasing order), if any.
+    ///
+    /// [`seek_dir`]: Reader::seek_dir
+    pub fn find(&mut self, name: &[u8], peeked: &mut Option<Rec>) -> Result<Option<Rec>> {
+        loop {
+            if peeked.is_none() {
+                *peeked = self.next_rec()?;
+            }
+            let Some(r) = peeked.as_ref() else {
+                return Ok(None);
+            };
+            match r.name.as_slice().cmp(name) {
+                Ordering::Less => *peeked = None,
+                Ordering::Equal => return Ok(peeked.take()),
+                Ordering::Greater => return Ok(None),
+            }
+        }
+    }
+}
+
+fn read_exact(r: &mut dyn Read, buf: &mut [u8]) -> Result<()> {
+    r.read_exact(buf).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            corrupt("ends early")
+        } else {
+            reader::read_error(e)
+        }
+    })
+}
+
+fn u32_le(r: &mut dyn Read) -> Result<u32> {
+    let mut b = [0u8; 4];
+    read_exact(r, &mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
