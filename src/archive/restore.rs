@@ -113,7 +113,15 @@ pub fn restore(
     let root = dest;
     let res = (|| {
         let (mut n, mut bytes) = (0u64, 0u64);
-        for ((file, path), (_, m)) in files.iter().zip(&chain) {
+        let last = chain.len() - 1;
+        for (i, ((file, path), (_, m))) in files.iter().zip(&chain).enumerate() {
+            // An earlier tree of the chain may be larger than the last
+            // (files deleted since): each earlier step is bounded by its
+            // own tree's size where that exceeds the capacity.
+            let mut opts = opts;
+            if opts.capacity > 0 && i < last {
+                opts.capacity = opts.capacity.max(m.size_bytes);
+            }
             let (a, b) = extract_checked(file, path, m, root.try_clone()?, opts, cancel)?;
             n += a;
             bytes += b;
@@ -232,14 +240,22 @@ pub fn extract(src: &mut dyn Read, mut dest: Dest, cancel: &AtomicBool) -> Resul
     let cancelled = || cancel.load(Ordering::Relaxed);
     let mut archive = reader::Reader::new(src);
     let mut stored = 0u64;
+    let mut listed = 0u64;
     while let Some(e) = archive.next_entry(&cancelled)? {
         if cancelled() {
             return Err(tree::Error::Cancelled.into());
         }
-        stored = stored.saturating_add(e.stored);
-        if stored > dest.max_bytes() {
+        // Directory listings are not file data: bounded on their own (by
+        // the same figure), so they never eat into the capacity.
+        let (count, what) = if e.kind.as_byte() == incremental::DUMPDIR {
+            (&mut listed, "bytes of directory listings")
+        } else {
+            (&mut stored, "bytes of file data")
+        };
+        *count = count.saturating_add(e.stored);
+        if *count > dest.max_bytes() {
             return Err(tree::Error::OverLimit {
-                what: "bytes of file data",
+                what,
                 limit: dest.max_bytes(),
             }
             .into());
