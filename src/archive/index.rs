@@ -22,7 +22,10 @@ use nix::sys::stat::FileStat;
 use sha2::{Digest, Sha256};
 
 use super::tree::{self, Kind};
-use super::{Error, Result, reader};
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::Mode;
+
+use super::{Error, Job, Result, Store, reader};
 
 pub const INDEX: &str = "index.zst";
 const MAGIC: &[u8; 8] = b"NCSIIDX1";
@@ -293,6 +296,52 @@ impl Reader {
                 Ordering::Equal => return Ok(peeked.take()),
                 Ordering::Greater => return Ok(None),
             }
+        }
+    }
+}
+
+/// The parent's index, checked against its manifest; `None` (logged) when
+/// it cannot be used, and the archive is then written in full.
+pub(super) fn parent_index(store: &Store, job: &Job) -> Option<Reader> {
+    let key = job.parent.as_deref()?;
+    let open = || -> Result<Option<Reader>> {
+        let Some(snaps) = &store.snaps else {
+            return Ok(None);
+        };
+        let Some(dir) = super::chain::open_snapshot(snaps, key)? else {
+            return Ok(None);
+        };
+        let parent = Store { dir, snaps: None };
+        let Some(m) = parent.manifest()? else {
+            return Ok(None);
+        };
+        let Some(info) = &m.index else {
+            return Ok(None);
+        };
+        if m.source_volume_id != job.source_volume_id {
+            return Ok(None);
+        }
+        let fd = openat(
+            parent.dir.fd(),
+            INDEX,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::Io {
+            what: format!("open {}", parent.dir.path().join(INDEX).display()),
+            source: e.into(),
+        })?;
+        Reader::open(File::from(fd), info.bytes, &info.sha256).map(Some)
+    };
+    match open() {
+        Ok(Some(r)) => Some(r),
+        Ok(None) => {
+            tracing::warn!(snapshot = %job.name, parent = %key, "parent snapshot has no usable index; archiving in full");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(snapshot = %job.name, parent = %key, error = %e, "parent snapshot's index unusable; archiving in full");
+            None
         }
     }
 }

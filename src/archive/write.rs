@@ -468,52 +468,6 @@ fn create_tmp(store: &Store, tmp: &str) -> Result<File> {
     Ok(File::from(fd))
 }
 
-/// The parent's index, checked against its manifest; `None` (logged) when
-/// it cannot be used, and the archive is then written in full.
-fn parent_index(store: &Store, job: &Job) -> Option<index::Reader> {
-    let key = job.parent.as_deref()?;
-    let open = || -> Result<Option<index::Reader>> {
-        let Some(snaps) = &store.snaps else {
-            return Ok(None);
-        };
-        let Some(dir) = super::chain::open_snapshot(snaps, key)? else {
-            return Ok(None);
-        };
-        let parent = Store { dir, snaps: None };
-        let Some(m) = parent.manifest()? else {
-            return Ok(None);
-        };
-        let Some(info) = &m.index else {
-            return Ok(None);
-        };
-        if m.source_volume_id != job.source_volume_id {
-            return Ok(None);
-        }
-        let fd = openat(
-            parent.dir.fd(),
-            index::INDEX,
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
-            Mode::empty(),
-        )
-        .map_err(|e| Error::Io {
-            what: format!("open {}", parent.dir.path().join(index::INDEX).display()),
-            source: e.into(),
-        })?;
-        index::Reader::open(File::from(fd), info.bytes, &info.sha256).map(Some)
-    };
-    match open() {
-        Ok(Some(r)) => Some(r),
-        Ok(None) => {
-            tracing::warn!(snapshot = %job.name, parent = %key, "parent snapshot has no usable index; archiving in full");
-            None
-        }
-        Err(e) => {
-            tracing::warn!(snapshot = %job.name, parent = %key, error = %e, "parent snapshot's index unusable; archiving in full");
-            None
-        }
-    }
-}
-
 /// Writes the archive of `src` into `store` atomically and records its
 /// manifest: incremental against `job.parent` when that snapshot's index
 /// is usable, else in full. Blocking.
@@ -524,7 +478,7 @@ pub fn create_archive(
     opts: ArchiveOptions,
     cancel: &AtomicBool,
 ) -> Result<Manifest> {
-    let parent = parent_index(store, job);
+    let parent = index::parent_index(store, job);
     let incremental = parent.is_some();
     let manifest = match write_once(src, store, job, opts, parent, cancel) {
         Err(Error::Tree(tree::Error::OverLimit { what, .. }))
