@@ -361,3 +361,59 @@ fn u32_le(r: &mut dyn Read) -> Result<u32> {
     read_exact(r, &mut b)?;
     Ok(u32::from_le_bytes(b))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_walk_order_puts_a_directory_before_what_it_holds() {
+        let mut paths: Vec<&[u8]> = vec![b"a-c", b"a/b", b"", b"a", b"a/b/c", b"a.b", b"b"];
+        paths.sort_by(|x, y| walk_order(x, y));
+        let want: Vec<&[u8]> = vec![b"", b"a", b"a/b", b"a/b/c", b"a-c", b"a.b", b"b"];
+        assert_eq!(paths, want);
+    }
+
+    #[test]
+    fn an_index_reads_back_by_directory_and_a_changed_one_is_refused() {
+        let rec = |n: &str, ino| Rec {
+            name: n.as_bytes().to_vec(),
+            kind: b'f',
+            ino,
+            size: 1,
+            mtime: (2, 3),
+            ctime: (4, 5),
+            mode: 0o100644,
+            uid: 6,
+            gid: 7,
+            nlink: 1,
+        };
+        let mut w = Writer::new(Vec::new()).unwrap();
+        w.block(b"", &[rec("a", 1), rec("c", 2)]).unwrap();
+        w.block(b"a", &[rec("x", 3)]).unwrap();
+        w.block(b"c", &[rec("y", 4), rec("z", 5)]).unwrap();
+        let (bytes, len, sha) = w.finish().unwrap();
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("i"), &bytes).unwrap();
+        let open = || File::open(t.path().join("i")).unwrap();
+        let mut r = Reader::open(open(), len, &sha).unwrap();
+        let mut peek = None;
+        assert!(r.seek_dir(b"").unwrap());
+        assert_eq!(r.find(b"c", &mut peek).unwrap(), Some(rec("c", 2)));
+        // "a" was skipped; "b" is not a directory of the parent
+        assert!(!r.seek_dir(b"b").unwrap());
+        assert!(r.seek_dir(b"c").unwrap());
+        let mut peek = None;
+        assert_eq!(r.find(b"b", &mut peek).unwrap(), None);
+        assert_eq!(r.find(b"z", &mut peek).unwrap(), Some(rec("z", 5)));
+        assert!(!r.seek_dir(b"d").unwrap());
+        // one byte changed: refused before it is read
+        let mut bad = bytes.clone();
+        bad[10] ^= 1;
+        std::fs::write(t.path().join("i"), &bad).unwrap();
+        assert!(matches!(
+            Reader::open(open(), len, &sha),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+}

@@ -200,9 +200,13 @@ impl ControllerService {
             if store.deleted()? {
                 // Deleted, but its archive is still a later snapshot's
                 // parent: the name stays taken until that one goes.
+                let source = store.manifest()?.map(|m| m.source_volume_id);
                 return Err(Error::SnapshotExists {
                     name,
-                    existing: "a deleted snapshot whose archive later snapshots still need".into(),
+                    existing: format!(
+                        "{} (deleted; kept while later snapshots need its archive)",
+                        source.as_deref().unwrap_or("?")
+                    ),
                 });
             }
             let state = store.state()?;
