@@ -619,7 +619,7 @@ async fn main() {
         base_inc.as_secs_f64()
     );
     println!(
-        "incr size  ours {:.2} MiB = {:.2}% of the full archive (target <= 5%; file data + listings stored: {:.2} MiB) | tar -g -czf level 1 {:.2} MiB",
+        "incr size  ours {:.2} MiB = {:.2}% of the full archive (target <= 5%; uncompressed, it stores {:.2} MiB of file data and listings) | tar -g -czf level 1 {:.2} MiB",
         inc_size as f64 / MIB,
         inc_ratio * 100.0,
         inc_listing as f64 / MIB,
@@ -636,25 +636,29 @@ async fn main() {
     );
     let inc_ok = inc_time <= 0.10 && inc_ratio <= 0.05 && chain_ratio <= 1.3 && chain == 7;
     if !inc_ok {
+        // The archives stay standard (GNU tar restores a chain by hand),
+        // and tar has no entry for "the rest of a file": a file that
+        // changed, an appended log included, is stored whole, as GNU tar's
+        // own level 1 does (its size is printed beside ours).
         println!(
             "incremental targets missed: {}{}{}{}",
             if inc_time > 0.10 {
-                "time (the walk stats every file and reads the parent's index: its cost is per file, not per byte; a small data set or a warm cache makes the full snapshot fast) "
+                "time: the appended log is archived whole again, and every file is stat'ed; "
             } else {
                 ""
             },
             if inc_ratio > 0.05 {
-                "size (every directory's listing is stored, and files with several links are stored whole) "
+                "size: a changed file is stored whole (the appended log here), as in tar -g's level 1; "
             } else {
                 ""
             },
             if chain_ratio > 1.3 {
-                "chain restore (each archive is verified and extracted in turn; every directory is listed once per archive for its deletions) "
+                "chain restore: each archive of the chain is verified and extracted in turn, and each holds the appended log whole; "
             } else {
                 ""
             },
             if chain != 7 {
-                "chain length (fullEvery or the bytes rule started a new full archive)"
+                "chain length: fullEvery or the bytes rule started a new full archive"
             } else {
                 ""
             },
