@@ -578,6 +578,7 @@ async fn main() {
     let chain = manifest(&share, "bench-inc7")["chain"]
         .as_u64()
         .unwrap_or(0);
+    let rss_inc = peak_rss_kib(pid);
     drop_caches();
     let ours_chain_restore =
         restore(&mut c, &share, "bench-restore-inc7", &newest.snapshot_id).await;
@@ -634,7 +635,15 @@ async fn main() {
         chain_ratio,
         ours_restore.as_secs_f64()
     );
-    let inc_ok = inc_time <= 0.10 && inc_ratio <= 0.05 && chain_ratio <= 1.3 && chain == 7;
+    println!(
+        "incr RSS   driver peak after 8 snapshots of the chain {:.1} MiB (target < 64 MiB)",
+        rss_inc as f64 / 1024.0
+    );
+    let inc_ok = rss_inc < 64 * 1024
+        && inc_time <= 0.10
+        && inc_ratio <= 0.05
+        && chain_ratio <= 1.3
+        && chain == 7;
     if !inc_ok {
         // The archives stay standard (GNU tar restores a chain by hand),
         // and tar has no entry for "the rest of a file": a file that

@@ -104,7 +104,7 @@ impl<W: Write> Writer<W> {
     }
 
     /// One directory's block: its path and its entries, in name order.
-    pub fn block(&mut self, path: &[u8], recs: &[Rec]) -> Result<()> {
+    pub fn block(&mut self, path: &[u8], recs: impl ExactSizeIterator<Item = Rec>) -> Result<()> {
         let mut buf = Vec::with_capacity(64 << 10);
         buf.push(b'B');
         buf.extend_from_slice(&(path.len() as u32).to_le_bytes());
@@ -389,9 +389,11 @@ mod tests {
             nlink: 1,
         };
         let mut w = Writer::new(Vec::new()).unwrap();
-        w.block(b"", &[rec("a", 1), rec("c", 2)]).unwrap();
-        w.block(b"a", &[rec("x", 3)]).unwrap();
-        w.block(b"c", &[rec("y", 4), rec("z", 5)]).unwrap();
+        w.block(b"", [rec("a", 1), rec("c", 2)].into_iter())
+            .unwrap();
+        w.block(b"a", [rec("x", 3)].into_iter()).unwrap();
+        w.block(b"c", [rec("y", 4), rec("z", 5)].into_iter())
+            .unwrap();
         let (bytes, len, sha) = w.finish().unwrap();
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("i"), &bytes).unwrap();

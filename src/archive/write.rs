@@ -116,10 +116,6 @@ pub(super) fn write_tree<W: Write, I: Write>(
                     path: format!("archive {}", String::from_utf8_lossy(path)),
                     source: e,
                 };
-                let recs: Vec<index::Rec> = entries
-                    .iter()
-                    .map(|e| index::Rec::from_stat(e.name.as_bytes(), &e.stat))
-                    .collect();
                 let dumpdir = match parent.as_deref_mut() {
                     None => None,
                     Some(p) => {
@@ -159,7 +155,12 @@ pub(super) fn write_tree<W: Write, I: Write>(
                         Some(dd)
                     }
                 };
-                idx.block(path, &recs)?;
+                idx.block(
+                    path,
+                    entries
+                        .iter()
+                        .map(|e| index::Rec::from_stat(e.name.as_bytes(), &e.stat)),
+                )?;
                 pax_xattrs(&mut builder, &tree::read_xattrs(dir.fd())).map_err(err)?;
                 let mut name = if path.is_empty() {
                     b".".to_vec()
