@@ -450,4 +450,54 @@ mod tests {
         assert!(matches!(err, Err(Error::Length { .. })), "{err:?}");
         assert_eq!(std::fs::read_dir(&to).unwrap().count(), 0);
     }
+
+    #[test]
+    fn a_deletion_cut_short_at_any_step_is_finished_by_the_next_one() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, snaps_path) = (t.path().join("src"), t.path().join("snaps"));
+        sample_tree(&src);
+        std::fs::create_dir_all(&snaps_path).unwrap();
+        let snaps = DirFd::open_root(&snaps_path).unwrap();
+        for (i, name) in ["s0", "s1", "s2", "s3"].iter().enumerate() {
+            std::fs::write(src.join(format!("n{i}")), b"n").unwrap();
+            snap(&snaps, &src, name, 8);
+        }
+        let state = |name: &str| {
+            Store {
+                dir: snaps.subdir(name, false).unwrap().unwrap(),
+                snaps: None,
+            }
+            .state()
+            .unwrap()
+        };
+        // cut short after the tombstone of s1 (which s2 needs): s1 is
+        // absent to every RPC, s3 restores
+        snaps
+            .subdir("s1", false)
+            .unwrap()
+            .unwrap()
+            .write_atomic(DELETED, b"")
+            .unwrap();
+        assert!(matches!(state("s1"), crate::archive::State::Absent));
+        // cut short in the middle of removing s3 (nothing needs it): its
+        // manifest gone, its archive and index still there
+        let s3 = snaps_path.join("s3");
+        std::fs::write(s3.join(DELETED), b"").unwrap();
+        std::fs::remove_file(s3.join(MANIFEST)).unwrap();
+        assert!(matches!(state("s3"), crate::archive::State::Absent));
+        // s2 still restores through the tombstoned s1
+        let to = t.path().join("r2");
+        restored(&snaps, "s2", &to);
+        assert!(to.join("n2").exists() && !to.join("n3").exists());
+        // the next deletion (of s0: s1 still names it) finishes s3, and
+        // keeps the chain that s2 needs
+        assert_eq!(delete(&snaps, "s0").unwrap(), Deleted::Kept);
+        assert!(!s3.exists());
+        assert!(snaps_path.join("s0").exists() && snaps_path.join("s1").exists());
+        let to = t.path().join("r2b");
+        restored(&snaps, "s2", &to);
+        // the last dependant goes: everything is freed
+        assert_eq!(delete(&snaps, "s2").unwrap(), Deleted::Removed);
+        assert_eq!(std::fs::read_dir(&snaps_path).unwrap().count(), 0);
+    }
 }
