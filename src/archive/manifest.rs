@@ -18,6 +18,9 @@ pub struct Job {
     pub created_unix: i64,
     pub created_nanos: i32,
     pub level: i32,
+    /// The volume group snapshot this snapshot is a member of (empty: none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group_snapshot_id: String,
 }
 
 /// Written once the archive is complete.
@@ -34,6 +37,9 @@ pub struct Manifest {
     pub sha256: String,
     pub compression: String,
     pub level: i32,
+    /// The volume group snapshot this snapshot is a member of (empty: none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group_snapshot_id: String,
 }
 
 impl Job {
@@ -47,6 +53,7 @@ impl Job {
             created_unix: now.as_secs() as i64,
             created_nanos: now.subsec_nanos() as i32,
             level,
+            group_snapshot_id: String::new(),
         }
     }
 }

@@ -573,6 +573,7 @@ fn a_zstd_window_beyond_the_cap_is_refused() {
         sha256: hex::encode(Sha256::digest(&data)),
         compression: "zstd".into(),
         level: 1,
+        group_snapshot_id: String::new(),
     };
     let (_, d) = fresh(t.path(), "dst");
     let err = restore(
@@ -626,7 +627,7 @@ mod props {
                 created_nanos: 0, size_bytes: 1 << 20, file_count: 100,
                 archive_bytes: data.len() as u64,
                 sha256: hex::encode(Sha256::digest(&data)),
-                compression: "zstd".into(), level: 1,
+                compression: "zstd".into(), level: 1, group_snapshot_id: String::new(),
             };
             let (dst, d) = fresh(t.path(), "dst");
             let res = restore(&store, &m, d, RestoreOptions::default(), &AtomicBool::new(false));

@@ -379,6 +379,7 @@ pub fn create_archive(
             sha256: hex::encode(hashing.hash.finalize()),
             compression: "zstd".into(),
             level: opts.level,
+            group_snapshot_id: job.group_snapshot_id.clone(),
         })
     })();
     let manifest = match result {
