@@ -18,7 +18,8 @@ use tonic::transport::Server;
 use crate::config::Config;
 use crate::controller::ControllerService;
 use crate::grpc::csi::v1::{
-    controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer,
+    controller_server::ControllerServer, group_controller_server::GroupControllerServer,
+    identity_server::IdentityServer, node_server::NodeServer,
 };
 use crate::identity::IdentityService;
 use crate::node::NodeService;
@@ -126,10 +127,12 @@ pub async fn serve(
                 mount: config.mount_timeout,
             },
         )?;
-        router = router.add_service(ControllerServer::new(ControllerService::new(
-            Arc::new(exports),
-            config.clone(),
-        )));
+        // One service behind both: group snapshots share the controller's
+        // jobs and in-flight keys.
+        let controller = Arc::new(ControllerService::new(Arc::new(exports), config.clone()));
+        router = router
+            .add_service(ControllerServer::from_arc(controller.clone()))
+            .add_service(GroupControllerServer::from_arc(controller));
     }
     if config.mode.node() {
         router = router.add_service(NodeServer::new(NodeService::new(
