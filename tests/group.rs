@@ -450,8 +450,8 @@ async fn killed_mid_group_the_same_call_finishes_it() {
     let mut c = d.controller().await;
     let one = create(&mut c, "one", &a).await;
     let two = create(&mut c, "two", &b).await;
-    random_file(&a.join("one/random"), 16, 1);
-    random_file(&b.join("two/random"), 16, 2);
+    random_file(&a.join("one/random"), 8, 1);
+    random_file(&b.join("two/random"), 8, 2);
     let want_one = contents(&a.join("one"));
     let mut req = group_req("slow", &[&one, &two]);
     req.parameters = params(&[("compressionLevel", "19")]);
@@ -503,7 +503,7 @@ async fn killed_mid_group_the_same_call_finishes_it() {
     let mut g = d.group_controller().await;
     let done = until_ready(&mut g, &req, &first).await;
     for s in &done.snapshots {
-        assert_eq!(s.size_bytes, 16 << 20, "{s:?}");
+        assert_eq!(s.size_bytes, 8 << 20, "{s:?}");
         assert_eq!(s.group_snapshot_id, first.group_snapshot_id);
     }
     // A member of the finished group restores what the volume held.
@@ -550,4 +550,49 @@ async fn node_only_driver_has_no_group_controller() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn a_failed_member_leaves_no_group_and_a_retry_starts_afresh() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "a");
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut c = d.controller().await;
+    let mut g = d.group_controller().await;
+    let x = create(&mut c, "x", &root).await;
+    let y = create(&mut c, "y", &root).await;
+    std::fs::write(root.join("x/file"), b"x").unwrap();
+    // y's directory vanishes behind the driver's back: its walk fails.
+    std::fs::remove_dir(root.join("y")).unwrap();
+    let req = group_req("broken", &[&x, &y]);
+    let err = g
+        .create_volume_group_snapshot(req.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+    assert!(err.message().contains("broken"), "{}", err.message());
+    // Nothing leaks: the CO never got a group id to delete.
+    assert_eq!(
+        std::fs::read_dir(root.join(".nfs-csi/groups"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(root.join(".nfs-csi/snapshots"))
+            .unwrap()
+            .count(),
+        0
+    );
+    // Fixed, the same call makes the group.
+    std::fs::create_dir(root.join("y")).unwrap();
+    let group = g
+        .create_volume_group_snapshot(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .group_snapshot
+        .unwrap();
+    assert!(group.ready_to_use, "{group:?}");
+    assert_eq!(group.snapshots.len(), 2);
 }

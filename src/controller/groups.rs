@@ -492,10 +492,9 @@ impl ControllerService {
             }
         }
         if let Some(f) = failure {
-            return Err(Error::JobFailed(format!(
-                "group snapshot {}: {f}",
-                short(&req.name)
-            )));
+            return Err(self
+                .fail_group(&gid, &rec, &members, running, f, &req.secrets)
+                .await);
         }
 
         // The members to start: not complete, not running. A new member's
@@ -559,9 +558,11 @@ impl ControllerService {
                     job,
                 };
                 let g = gate.clone();
-                let job = self.jobs.start(&k, move |cancel| {
-                    run_member(work, threads, &g, cancel).map_err(|e| crate::sys::text::chain(&e))
-                });
+                // A failure keeps the error's gRPC code (`jobs::Failure` from
+                // a `controller::Error`: `grpc::status`, the one mapping).
+                let job = self
+                    .jobs
+                    .start(&k, move |cancel| run_member(work, threads, &g, cancel));
                 running.insert(k, job);
             }
             // All started: every walk begins now.
@@ -581,10 +582,9 @@ impl ControllerService {
             }
         }
         if let Some(f) = failure {
-            return Err(Error::JobFailed(format!(
-                "group snapshot {}: {f}",
-                short(&req.name)
-            )));
+            return Err(self
+                .fail_group(&gid, &rec, &members, running, f, &req.secrets)
+                .await);
         }
         let states = self.member_states(&members).await?;
         Ok(csi::CreateVolumeGroupSnapshotResponse {
@@ -632,18 +632,33 @@ impl ControllerService {
         if !req.snapshot_ids.is_empty() && !same_members(&req.snapshot_ids, &rec) {
             return Err(Error::GroupMismatch(req.group_snapshot_id));
         }
+        self.remove_group(&gid, &mut rec, &members, &req.secrets)
+            .await?;
+        tracing::info!(group_snapshot_id = %key, members = members.len(), "group snapshot deleted");
+        Ok(csi::DeleteVolumeGroupSnapshotResponse {})
+    }
+
+    /// Removes a group: marks its record (from then on its members may go),
+    /// deletes every member, then the record. The caller holds the group's
+    /// in-flight key.
+    async fn remove_group(
+        &self,
+        gid: &GroupSnapshotId,
+        rec: &mut GroupRecord,
+        members: &[SnapshotId],
+        secrets: &HashMap<String, String>,
+    ) -> Result<()> {
         let (root, _) = self.exports.ready(&gid.export).await?;
         let fs = self.exports.timeouts().fs;
         if !rec.deleting {
-            // From here on the members may go (DeleteSnapshot lets them).
             rec.deleting = true;
             let (r, k, rc) = (root.clone(), gid.key.clone(), rec.clone());
             offload::run("mark group snapshot", fs, move || write_group(&r, &k, &rc)).await??;
         }
-        for m in &members {
+        for m in members {
             self.delete_snapshot(csi::DeleteSnapshotRequest {
                 snapshot_id: m.to_string(),
-                secrets: req.secrets.clone(),
+                secrets: secrets.clone(),
             })
             .await?;
         }
@@ -654,9 +669,33 @@ impl ControllerService {
             }
             Ok::<_, Error>(())
         })
-        .await??;
-        tracing::info!(group_snapshot_id = %key, members = members.len(), "group snapshot deleted");
-        Ok(csi::DeleteVolumeGroupSnapshotResponse {})
+        .await?
+    }
+
+    /// A member failed: the group is removed (its other members' jobs
+    /// cancelled, every member and the record deleted), so that nothing
+    /// leaks if the CO never saw the group's id, and a retry starts every
+    /// member again, together. Returns the member's failure, with its code.
+    async fn fail_group(
+        &self,
+        gid: &GroupSnapshotId,
+        rec: &GroupRecord,
+        members: &[SnapshotId],
+        running: HashMap<String, Arc<crate::sys::jobs::Job>>,
+        failure: crate::sys::jobs::Failure,
+        secrets: &HashMap<String, String>,
+    ) -> Error {
+        for job in running.values() {
+            job.cancel();
+        }
+        let mut rec = rec.clone();
+        if let Err(e) = self.remove_group(gid, &mut rec, members, secrets).await {
+            tracing::error!(group_snapshot_id = %gid, error = %e, "cannot remove the failed group snapshot");
+        }
+        Error::Populate {
+            message: format!("group snapshot {}: {}", short(&rec.name), failure.message),
+            code: failure.code,
+        }
     }
 
     /// DeleteSnapshot's early refusal: a member of a group whose record

@@ -84,8 +84,8 @@ pub enum Error {
     SnapshotExists { name: String, existing: String },
     #[error("{0}")]
     JobFailed(String),
-    /// A restore or clone failed; `code` is its error's (see
-    /// `grpc::status::code`).
+    /// A restore, clone or group member's archive failed; `code` is its
+    /// error's (see `grpc::status::code`).
     #[error("{message}")]
     Populate { message: String, code: tonic::Code },
     #[error("limit_bytes {limit} is below the volume's capacity {current}; volumes do not shrink")]
