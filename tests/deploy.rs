@@ -676,7 +676,10 @@ const UPSTREAM: &[Upstream] = &[
         release: "v8.6.0",
         source: "kubernetes-csi/external-snapshotter \
                  deploy/kubernetes/csi-snapshotter/rbac-csi-snapshotter.yaml (newest stored \
-                 copy with the group snapshot rules, 02c0340f)",
+                 copy with the group snapshot rules, 02c0340f); the groupsnapshot.storage.k8s.io \
+                 rules are what the sidecar of v8.6.0 needs with \
+                 --feature-gates=CSIVolumeGroupSnapshot=true (the gate of CHANGELOG-8.2.md, PR \
+                 #1194; the API it watches is v1 since CHANGELOG-8.6.md, PR #1368)",
         cluster: &[
             EVENTS,
             (
@@ -711,32 +714,7 @@ const UPSTREAM: &[Upstream] = &[
             ),
         ],
         namespaced: &[LEASES],
-        omitted: &[
-            (
-                (
-                    "groupsnapshot.storage.k8s.io",
-                    "volumegroupsnapshotclasses",
-                    &["get", "list", "watch"],
-                ),
-                "group snapshots are off (--feature-gates=CSIVolumeGroupSnapshot=false)",
-            ),
-            (
-                (
-                    "groupsnapshot.storage.k8s.io",
-                    "volumegroupsnapshotcontents",
-                    &["get", "list", "watch", "update", "patch"],
-                ),
-                "group snapshots are off",
-            ),
-            (
-                (
-                    "groupsnapshot.storage.k8s.io",
-                    "volumegroupsnapshotcontents/status",
-                    &["update", "patch"],
-                ),
-                "group snapshots are off",
-            ),
-        ],
+        omitted: &[],
     },
     Upstream {
         container: "snapshot-controller",
@@ -744,7 +722,10 @@ const UPSTREAM: &[Upstream] = &[
         release: "v8.6.0",
         source: "kubernetes-csi/external-snapshotter \
                  deploy/kubernetes/snapshot-controller/rbac-snapshot-controller.yaml (newest \
-                 stored copy, d27ee265)",
+                 stored copy, d27ee265); the groupsnapshot.storage.k8s.io rules are what the \
+                 controller of v8.6.0 needs with --feature-gates=CSIVolumeGroupSnapshot=true \
+                 (CHANGELOG-8.2.md, PR #1194; it makes the members' VolumeSnapshots and \
+                 VolumeSnapshotContents since PR #1171)",
         cluster: &[
             ("", "persistentvolumes", &["get", "list", "watch"]),
             (
@@ -809,51 +790,7 @@ const UPSTREAM: &[Upstream] = &[
             ),
         ],
         namespaced: &[LEASES],
-        omitted: &[
-            (
-                (
-                    "groupsnapshot.storage.k8s.io",
-                    "volumegroupsnapshotclasses",
-                    &["get", "list", "watch"],
-                ),
-                "group snapshots are off (--feature-gates=CSIVolumeGroupSnapshot=false; no \
-                 group snapshot CRDs in snapshot-crds/)",
-            ),
-            (
-                (
-                    "groupsnapshot.storage.k8s.io",
-                    "volumegroupsnapshotcontents",
-                    &[
-                        "create", "get", "list", "watch", "update", "delete", "patch",
-                    ],
-                ),
-                "group snapshots are off",
-            ),
-            (
-                (
-                    "groupsnapshot.storage.k8s.io",
-                    "volumegroupsnapshotcontents/status",
-                    &["patch"],
-                ),
-                "group snapshots are off",
-            ),
-            (
-                (
-                    "groupsnapshot.storage.k8s.io",
-                    "volumegroupsnapshots",
-                    &["get", "list", "watch", "update", "patch"],
-                ),
-                "group snapshots are off",
-            ),
-            (
-                (
-                    "groupsnapshot.storage.k8s.io",
-                    "volumegroupsnapshots/status",
-                    &["update", "patch"],
-                ),
-                "group snapshots are off",
-            ),
-        ],
+        omitted: &[],
     },
     Upstream {
         container: "node-driver-registrar",
@@ -1187,8 +1124,8 @@ fn controller_pod_wiring() {
     );
     assert_eq!(
         flag(container(&pod, "csi-snapshotter"), "--feature-gates", None).as_deref(),
-        Some("CSIVolumeGroupSnapshot=false"),
-        "no group snapshot CRDs or RBAC are installed"
+        Some("CSIVolumeGroupSnapshot=true"),
+        "group snapshots are off by default in csi-snapshotter v8.6.0"
     );
     check_rbac(&objects, NAMESPACE, &pod);
 }
@@ -1492,6 +1429,9 @@ fn examples_are_valid_and_refer_to_each_other() {
             continue;
         };
         match ds.kind.as_str() {
+            // A member of the example group snapshot, whose VolumeSnapshot
+            // the snapshot-controller names: see deploy/groups.rs.
+            "VolumeSnapshot" if c.metadata.name.as_deref() == Some(groups::MEMBER_RESTORE) => {}
             "VolumeSnapshot" => {
                 assert_eq!(ds.api_group.as_deref(), Some("snapshot.storage.k8s.io"));
                 assert_eq!(Some(ds.name), snapshot.metadata.name);
@@ -2245,8 +2185,8 @@ fn snapshot_crds_kustomization_installs_crds_and_controller() {
     assert_eq!(flag(c, "--leader-election", None).as_deref(), Some("true"));
     assert_eq!(
         flag(c, "--feature-gates", None).as_deref(),
-        Some("CSIVolumeGroupSnapshot=false"),
-        "no group snapshot CRDs are installed"
+        Some("CSIVolumeGroupSnapshot=true"),
+        "group snapshots are off by default in snapshot-controller v8.6.0"
     );
     check_rbac(&objects, "kube-system", &pod);
     let sc = pod.security_context.as_ref().unwrap();

@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// The claim of `deploy/examples/pvc-from-group-member.yaml`: a restore of
+/// one member of the example group.
+pub const MEMBER_RESTORE: &str = "orders-db-wal-restored";
+
 /// The versions external-snapshotter v8.6.0 serves and stores
 /// (CHANGELOG-8.6.md, PR #1368: v1 is GA, v1beta2 stays the stored version
 /// during the migration; v1beta1, deprecated since v8.4.0, is still served).
@@ -265,6 +269,123 @@ fn group_crds_have_the_upstream_shape() {
         Some("string!")
     );
     assert!(!old.contains_key("status.volumeSnapshotInfoList"));
+}
+
+/// Whether `labels` match a selector's `matchLabels` (the examples use no
+/// `matchExpressions`).
+fn selects(selector: &Value, labels: &Value) -> bool {
+    assert!(
+        selector.get("matchExpressions").is_none(),
+        "the examples select by matchLabels"
+    );
+    let wanted = selector["matchLabels"].as_object().expect("matchLabels");
+    !wanted.is_empty() && wanted.iter().all(|(k, v)| &labels[k] == v)
+}
+
+#[test]
+fn group_snapshot_examples_are_valid_and_refer_to_each_other() {
+    let examples = examples();
+    let mut seen = 0;
+    for v in &examples.0 {
+        if v["apiVersion"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("groupsnapshot.storage.k8s.io/"))
+        {
+            assert_eq!(
+                v["apiVersion"],
+                "groupsnapshot.storage.k8s.io/v1",
+                "{}",
+                describe(v)
+            );
+            validate_object(v, None).unwrap_or_else(|e| panic!("{}: {e}", describe(v)));
+            seen += 1;
+        }
+    }
+    assert_eq!(
+        seen, 2,
+        "a VolumeGroupSnapshotClass and a VolumeGroupSnapshot"
+    );
+
+    // The class: this driver, parameters a VolumeSnapshotClass takes
+    // (README, "Snapshots and clones").
+    let class: crds::group::v1::VolumeGroupSnapshotClass = examples.one("VolumeGroupSnapshotClass");
+    assert_eq!(class.spec.driver, DRIVER);
+    for (k, v) in class.spec.parameters.iter().flatten() {
+        assert!(
+            ["server", "share", "mountedShare", "compressionLevel"].contains(&k.as_str()),
+            "{k}"
+        );
+        if k == "compressionLevel" {
+            assert!(v.parse::<u8>().is_ok_and(|l| (1..=19).contains(&l)), "{v}");
+        }
+    }
+
+    // The group: that class, and a selector that picks exactly the two
+    // claims of the database, both of an nfs-csi StorageClass.
+    let group: crds::group::v1::VolumeGroupSnapshot = examples.one("VolumeGroupSnapshot");
+    assert_eq!(
+        group.spec.volume_group_snapshot_class_name,
+        class.metadata.name
+    );
+    let selector = serde_json::to_value(group.spec.source.selector.as_ref().unwrap()).unwrap();
+    let members: Vec<&Value> = examples
+        .of_kind("PersistentVolumeClaim")
+        .filter(|c| selects(&selector, &c["metadata"]["labels"]))
+        .collect();
+    let names: BTreeSet<&str> = members
+        .iter()
+        .map(|c| c["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["orders-db-data", "orders-db-wal"].into());
+    let classes: BTreeMap<String, String> = examples
+        .all::<StorageClass>("StorageClass")
+        .into_iter()
+        .map(|sc| (sc.metadata.name.unwrap(), sc.provisioner))
+        .collect();
+    for c in &members {
+        let sc = c["spec"]["storageClassName"].as_str().unwrap();
+        assert_eq!(classes.get(sc).map(String::as_str), Some(DRIVER), "{sc}");
+    }
+
+    // The restore of one member: a claim from a VolumeSnapshot, at least as
+    // large as the member's source claim, whose file says how to find the
+    // member's name from this group.
+    let restore = examples
+        .all::<PersistentVolumeClaim>("PersistentVolumeClaim")
+        .into_iter()
+        .find(|c| c.metadata.name.as_deref() == Some(MEMBER_RESTORE))
+        .expect("the member restore claim");
+    let spec = restore.spec.unwrap();
+    let ds = spec.data_source.unwrap();
+    assert_eq!(ds.api_group.as_deref(), Some("snapshot.storage.k8s.io"));
+    assert_eq!(ds.kind, "VolumeSnapshot");
+    assert!(
+        ds.name.len() <= 253
+            && ds
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+        "{}",
+        ds.name
+    );
+    let wal = members
+        .iter()
+        .find(|c| c["metadata"]["name"] == "orders-db-wal")
+        .unwrap();
+    assert_eq!(
+        spec.resources.unwrap().requests.unwrap()["storage"].0,
+        wal["spec"]["resources"]["requests"]["storage"]
+            .as_str()
+            .unwrap()
+    );
+    let text = read("deploy/examples/pvc-from-group-member.yaml");
+    let group_name = group.metadata.name.unwrap();
+    assert!(
+        text.contains(&format!(
+            "@.status.volumeGroupSnapshotName==\"{group_name}\""
+        )) && text.contains(".spec.source.persistentVolumeClaimName"),
+        "the comment shows how to list the members of {group_name}"
+    );
 }
 
 /// What the snapshot-controller and csi-snapshotter write validates, at v1
