@@ -514,7 +514,9 @@ type Rule = (&'static str, &'static str, &'static [&'static str]);
 ///
 /// What a deployment grants is `cluster` and `namespaced` less `omitted`:
 /// rules (or verbs of them) upstream grants only for features this driver
-/// does not use, each with the reason. Nothing else may be granted.
+/// does not use, each with the reason; plus `added`: cluster-wide verbs the
+/// program of that release uses but upstream's file does not grant, each
+/// with the evidence. Nothing else may be granted.
 struct Upstream {
     /// The container that runs the sidecar.
     container: &'static str,
@@ -531,6 +533,7 @@ struct Upstream {
     /// The Role, in the sidecar's own namespace.
     namespaced: &'static [Rule],
     omitted: &'static [(Rule, &'static str)],
+    added: &'static [(Rule, &'static str)],
 }
 
 const LEASES: Rule = (
@@ -644,6 +647,7 @@ const UPSTREAM: &[Upstream] = &[
                 "only to find the owner of CSIStorageCapacity objects (--enable-capacity)",
             ),
         ],
+        added: &[],
     },
     Upstream {
         container: "csi-resizer",
@@ -669,6 +673,7 @@ const UPSTREAM: &[Upstream] = &[
             "only to wait for pods to stop using a claim; --handle-volume-inuse-error=false \
              (expansion is online)",
         )],
+        added: &[],
     },
     Upstream {
         container: "csi-snapshotter",
@@ -715,6 +720,7 @@ const UPSTREAM: &[Upstream] = &[
         ],
         namespaced: &[LEASES],
         omitted: &[],
+        added: &[],
     },
     Upstream {
         container: "snapshot-controller",
@@ -791,6 +797,12 @@ const UPSTREAM: &[Upstream] = &[
         ],
         namespaced: &[LEASES],
         omitted: &[],
+        added: &[(
+            ("snapshot.storage.k8s.io", "volumesnapshots", &["create"]),
+            "group snapshots: the controller creates one VolumeSnapshot per member \
+             (pkg/common-controller, createSnapshotsForGroupSnapshotContent, since PR #1171 in \
+             CHANGELOG-8.2.md), which the stored upstream file does not grant",
+        )],
     },
     Upstream {
         container: "node-driver-registrar",
@@ -801,6 +813,7 @@ const UPSTREAM: &[Upstream] = &[
         cluster: &[],
         namespaced: &[],
         omitted: &[],
+        added: &[],
     },
     Upstream {
         container: "liveness-probe",
@@ -811,6 +824,7 @@ const UPSTREAM: &[Upstream] = &[
         cluster: &[],
         namespaced: &[],
         omitted: &[],
+        added: &[],
     },
 ];
 
@@ -841,8 +855,9 @@ fn needs(container: &str) -> (BTreeSet<Grant>, BTreeSet<Grant>) {
     }
     let u = upstream(container);
     let omitted = expand(&u.omitted.iter().map(|(r, _)| *r).collect::<Vec<_>>());
+    let added = expand(&u.added.iter().map(|(r, _)| *r).collect::<Vec<_>>());
     (
-        &expand(u.cluster) - &omitted,
+        &(&expand(u.cluster) - &omitted) | &added,
         &expand(u.namespaced) - &omitted,
     )
 }
@@ -917,8 +932,8 @@ fn granted_to(
 }
 
 /// The pod's ServiceAccount is granted what the upstream RBAC of each of its
-/// containers' pinned release grants, less the deliberate omissions
-/// (`UPSTREAM`): cluster-wide what upstream puts in its ClusterRole, in the
+/// containers' pinned release grants, less the deliberate omissions, plus
+/// the additions (`UPSTREAM`): cluster-wide what upstream puts in its ClusterRole, in the
 /// pod's own namespace what it puts in its Role; and nothing else.
 fn check_rbac(objects: &Objects, namespace: &str, pod: &PodSpec) {
     let sa = pod.service_account_name.clone().expect("a ServiceAccount");
@@ -2358,7 +2373,7 @@ fn copy_tree(from: &Path, to: &Path) {
 // ------------------------------------------------- upstream RBAC and pins
 
 #[test]
-fn upstream_rbac_omissions_are_upstream_rules_with_reasons() {
+fn upstream_rbac_omissions_and_additions_have_reasons() {
     for u in UPSTREAM {
         let all = &expand(u.cluster) | &expand(u.namespaced);
         for (rule, reason) in u.omitted {
@@ -2371,6 +2386,21 @@ fn upstream_rbac_omissions_are_upstream_rules_with_reasons() {
                 assert!(
                     all.contains(&g),
                     "{}: omitted {g:?} is not granted by upstream {}: stale omission",
+                    u.container,
+                    u.release
+                );
+            }
+        }
+        for (rule, reason) in u.added {
+            assert!(
+                reason.len() > 10,
+                "{}: say why {rule:?} is added",
+                u.container
+            );
+            for g in expand(&[*rule]) {
+                assert!(
+                    !all.contains(&g),
+                    "{}: added {g:?} is granted by upstream {} already",
                     u.container,
                     u.release
                 );
