@@ -99,10 +99,14 @@ pub async fn serve(
     config.validate()?;
     let config = Arc::new(config);
     let path = socket_path(endpoint)?;
-    let mounter: Arc<dyn Mounter> = Arc::new(SystemMounter {
+    let system = SystemMounter {
         command_timeout: config.mount_timeout,
         scratch_dir: config.work_dir.join("node-mounts"),
-    });
+    };
+    if config.mode.node() {
+        system.sweep_scratch();
+    }
+    let mounter: Arc<dyn Mounter> = Arc::new(system);
 
     if let Some(addr) = config.metrics_address {
         let local = crate::grpc::metrics::serve(addr)
