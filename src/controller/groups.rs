@@ -9,7 +9,9 @@
 //! any member starts, so the same call after a crash finds the same member
 //! ids and time and starts what is unfinished. The members' jobs are
 //! started together and held at one gate, opened once all are started: every
-//! walk begins at the same moment.
+//! walk begins at the same moment. A member that fails takes the group with
+//! it (every member and the record deleted, the error's code answered), so
+//! nothing is left that the CO holds no id for; the next call starts afresh.
 //!
 //! Safety assumptions: a member is deleted only with its group (DeleteSnapshot
 //! of a member is FAILED_PRECONDITION while the record exists); the group
@@ -311,8 +313,8 @@ impl ControllerService {
         let specs: Vec<&ExportSpec> = members.iter().map(|m| &m.export).collect();
         let member_roots = self.roots(&specs, true).await?;
 
-        // Jobs of this process: running ones are joined; a failure is
-        // reported once (the next call starts the member again).
+        // Jobs of this process: running ones are joined; a member that
+        // failed since the last call fails the group (`fail_group`).
         let mut running = HashMap::new();
         let mut failure = None;
         for m in &members {
