@@ -596,3 +596,79 @@ async fn a_failed_member_leaves_no_group_and_a_retry_starts_afresh() {
     assert!(group.ready_to_use, "{group:?}");
     assert_eq!(group.snapshots.len(), 2);
 }
+
+#[tokio::test]
+async fn a_delete_cut_short_is_finished_by_the_next_one() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "a");
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut c = d.controller().await;
+    let mut g = d.group_controller().await;
+    let x = create(&mut c, "x", &root).await;
+    let y = create(&mut c, "y", &root).await;
+    let req = group_req("half", &[&x, &y]);
+    let group = g
+        .create_volume_group_snapshot(req.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .group_snapshot
+        .unwrap();
+    assert!(group.ready_to_use);
+    // What a delete that died after its first member leaves: the record
+    // marked, one member gone.
+    let groups = root.join(".nfs-csi/groups");
+    let dir = std::fs::read_dir(&groups)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("group.json")).unwrap()).unwrap();
+    rec["deleting"] = serde_json::Value::Bool(true);
+    std::fs::write(dir.join("group.json"), rec.to_string()).unwrap();
+    c.delete_snapshot(csi::DeleteSnapshotRequest {
+        snapshot_id: group.snapshots[0].snapshot_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("a marked group's members may go");
+    // The group is going: Get says NOT_FOUND, Create FAILED_PRECONDITION.
+    let err = g
+        .get_volume_group_snapshot(csi::GetVolumeGroupSnapshotRequest {
+            group_snapshot_id: group.group_snapshot_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = g
+        .create_volume_group_snapshot(req.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    // The next delete finishes: the other member, then the record.
+    g.delete_volume_group_snapshot(csi::DeleteVolumeGroupSnapshotRequest {
+        group_snapshot_id: group.group_snapshot_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read_dir(&groups).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(root.join(".nfs-csi/snapshots"))
+            .unwrap()
+            .count(),
+        0
+    );
+    // and the name is free again
+    let again = g
+        .create_volume_group_snapshot(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .group_snapshot
+        .unwrap();
+    assert!(again.ready_to_use);
+}
