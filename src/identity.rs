@@ -89,6 +89,13 @@ impl Identity for IdentityService {
                 )),
             });
             capabilities.push(PluginCapability {
+                r#type: Some(plugin_capability::Type::Service(
+                    plugin_capability::Service {
+                        r#type: plugin_capability::service::Type::GroupControllerService as i32,
+                    },
+                )),
+            });
+            capabilities.push(PluginCapability {
                 r#type: Some(plugin_capability::Type::VolumeExpansion(
                     plugin_capability::VolumeExpansion {
                         r#type: plugin_capability::volume_expansion::Type::Online as i32,

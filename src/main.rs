@@ -31,7 +31,7 @@ enum LogFormat {
 enum Command {
     /// Serve the CSI gRPC services on a Unix socket.
     Serve(nfs_csi::cli::serve::ServeArgs),
-    /// Print the snapshot.storage.k8s.io CustomResourceDefinitions as YAML.
+    /// Print the snapshot and group snapshot CustomResourceDefinitions as YAML.
     Crds(CrdsArgs),
     /// Call one CSI RPC of a running driver and print the response as JSON.
     Call(nfs_csi::cli::call::CallArgs),

@@ -852,3 +852,100 @@ async fn secrets_are_never_printed_nor_logged() {
         "a secret's key is in the driver log:\n{log}"
     );
 }
+
+#[tokio::test]
+async fn group_snapshots() {
+    let e = Env::start().await;
+    let caps = e.ok(&["plugin-capabilities"]);
+    assert!(
+        cap_types(&caps, "service").contains(&"GROUP_CONTROLLER_SERVICE".into()),
+        "{caps}"
+    );
+    assert_eq!(
+        cap_types(&e.ok(&["group-controller-get-capabilities"]), "rpc"),
+        ["CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT"]
+    );
+    let data = s(&e.create("pvc-data")["volume_id"]).to_string();
+    let wal = s(&e.create("pvc-wal")["volume_id"]).to_string();
+    std::fs::write(e.share.join("pvc-data/table"), b"rows").unwrap();
+    std::fs::write(e.share.join("pvc-wal/log"), b"records").unwrap();
+    let args = [
+        "create-group-snapshot",
+        "--name",
+        "group-1",
+        "--source-volume-id",
+        &data,
+        "--source-volume-id",
+        &wal,
+        "--parameter",
+        "compressionLevel=3",
+    ];
+    // small volumes: ready at once (a big one answers ready_to_use false
+    // and the caller calls again)
+    let group = e.ok(&args)["group_snapshot"].clone();
+    assert_eq!(group["ready_to_use"], true, "{group}");
+    assert!(s(&group["creation_time"]).ends_with('Z'), "{group}");
+    let gid = s(&group["group_snapshot_id"]).to_string();
+    let members = group["snapshots"].as_array().expect("snapshots").clone();
+    assert_eq!(members.len(), 2, "{group}");
+    let mut sources: Vec<&str> = members.iter().map(|m| s(&m["source_volume_id"])).collect();
+    sources.sort();
+    let mut want = vec![data.as_str(), wal.as_str()];
+    want.sort();
+    assert_eq!(sources, want);
+    for m in &members {
+        assert_eq!(m["group_snapshot_id"], gid.as_str(), "{m}");
+        assert_eq!(m["ready_to_use"], true, "{m}");
+    }
+    let member_ids: Vec<&str> = members.iter().map(|m| s(&m["snapshot_id"])).collect();
+    // idempotent, under its alias too
+    let mut again = args.to_vec();
+    again[0] = "create-volume-group-snapshot";
+    assert_eq!(e.ok(&again)["group_snapshot"], group);
+    assert_eq!(
+        e.ok(&["get-group-snapshot", "--group-snapshot-id", &gid])["group_snapshot"],
+        group
+    );
+    // members are listed as the group's
+    let listed = e.ok(&["list-snapshots"]);
+    assert_eq!(ids(&listed, "snapshot", "snapshot_id").len(), 2, "{listed}");
+    // a member goes only with its group
+    let (code, err) = e.fail(&["delete-snapshot", "--snapshot-id", member_ids[0]]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: FAILED_PRECONDITION: "), "{err}");
+    let (code, err) = e.fail(&[
+        "delete-group-snapshot",
+        "--group-snapshot-id",
+        &gid,
+        "--snapshot-id",
+        member_ids[0],
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: INVALID_ARGUMENT: "), "{err}");
+    assert_eq!(
+        e.ok(&[
+            "delete-group-snapshot",
+            "--group-snapshot-id",
+            &gid,
+            "--snapshot-id",
+            member_ids[1],
+            "--snapshot-id",
+            member_ids[0],
+        ]),
+        serde_json::json!({})
+    );
+    assert_eq!(e.ok(&["list-snapshots"])["entries"], serde_json::json!([]));
+    let (code, err) = e.fail(&["get-group-snapshot", "--group-snapshot-id", &gid]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: NOT_FOUND: "), "{err}");
+    // deleting again, or an unknown id: success
+    for id in [gid.as_str(), "bogus"] {
+        assert_eq!(
+            e.ok(&["delete-group-snapshot", "--group-snapshot-id", id]),
+            serde_json::json!({})
+        );
+    }
+    // no volume: a usage error, before connecting
+    let (code, _) = e.fail(&["create-group-snapshot", "--name", "g"]);
+    assert_eq!(code, 2);
+}

@@ -1558,3 +1558,51 @@ async fn create_volume_takes_mutable_parameters() {
     );
     assert!(!Path::new(&root).join("mut2").exists());
 }
+
+#[tokio::test]
+async fn repeated_create_volume_applies_new_mutable_parameters() {
+    let t = tempfile::tempdir().unwrap();
+    let root = share(t.path(), "share");
+    let d = Driver::start(t.path(), &["--mode", "controller"]).await;
+    let mut c = d.controller().await;
+    let mut req = create_req("remut", 1 << 20, p(ms(&root)));
+    req.mutable_parameters = params(&[("mountPermissions", "0700")]);
+    let v = c
+        .create_volume(req.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let dir = Path::new(&root).join("remut");
+    assert_eq!(mode_of(&dir), 0o700);
+    // The same volume asked for again with other mutable parameters (a
+    // VolumeAttributesClass changed before the provisioner retried): the
+    // same volume, with the new values applied.
+    req.mutable_parameters = params(&[("onDelete", "retain"), ("mountPermissions", "0751")]);
+    let again = c
+        .create_volume(req.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(again.volume_id, v.volume_id);
+    assert_eq!(mode_of(&dir), 0o751);
+    // No mutable parameters: what was applied stays.
+    req.mutable_parameters.clear();
+    c.create_volume(req).await.unwrap();
+    assert_eq!(mode_of(&dir), 0o751);
+    std::fs::write(dir.join("data"), b"kept").unwrap();
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: v.volume_id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read(dir.join("data")).unwrap(),
+        b"kept",
+        "onDelete: retain applied by the repeated CreateVolume"
+    );
+}

@@ -3,10 +3,10 @@
 //! `kubectl kustomize`, every object is parsed into its k8s-openapi type (a
 //! field the type does not know, a typo, fails), and the wiring a cluster
 //! would only reveal by not working is asserted: sockets, kubelet paths,
-//! driver names, flags, RBAC, images. The snapshot CRDs are compared with
-//! what `nfs-csi crds` generates and with the shape of the upstream ones,
-//! and the examples are validated against their schemas, CEL rules
-//! included.
+//! driver names, flags, RBAC, images. The snapshot and group snapshot CRDs
+//! are compared with what `nfs-csi crds` generates and with the shape of the
+//! upstream ones, and the examples are validated against their schemas, CEL
+//! rules included (the group snapshot parts: `deploy/groups.rs`).
 //!
 //! Needs `kubectl` (v1.27+, for its built-in kustomize v5) on PATH, or its
 //! path in `KUBECTL`; without it these tests fail, they do not skip.
@@ -31,6 +31,9 @@ use nfs_csi::cli::crds;
 use serde::Serialize;
 use serde::de::{Deserialize, DeserializeOwned};
 use serde_json::{Value, json};
+
+#[path = "deploy/groups.rs"]
+mod groups;
 
 const DRIVER: &str = "nfs-csi.dev";
 const NAMESPACE: &str = "nfs-csi";
@@ -162,6 +165,10 @@ impl Objects {
                 "Pod" => drop(typed::<Pod>(v)),
                 "VolumeSnapshot" => drop(typed::<crds::v1::VolumeSnapshot>(v)),
                 "VolumeSnapshotClass" => drop(typed::<crds::v1::VolumeSnapshotClass>(v)),
+                "VolumeGroupSnapshot" => drop(typed::<crds::group::v1::VolumeGroupSnapshot>(v)),
+                "VolumeGroupSnapshotClass" => {
+                    drop(typed::<crds::group::v1::VolumeGroupSnapshotClass>(v))
+                }
                 "VolumeAttributesClass" => drop(typed::<VolumeAttributesClass>(v)),
                 other => panic!("{}: unexpected kind {other:?}", describe(v)),
             }
@@ -507,7 +514,9 @@ type Rule = (&'static str, &'static str, &'static [&'static str]);
 ///
 /// What a deployment grants is `cluster` and `namespaced` less `omitted`:
 /// rules (or verbs of them) upstream grants only for features this driver
-/// does not use, each with the reason. Nothing else may be granted.
+/// does not use, each with the reason; plus `added`: cluster-wide verbs the
+/// program of that release uses but upstream's file does not grant, each
+/// with the evidence. Nothing else may be granted.
 struct Upstream {
     /// The container that runs the sidecar.
     container: &'static str,
@@ -524,6 +533,7 @@ struct Upstream {
     /// The Role, in the sidecar's own namespace.
     namespaced: &'static [Rule],
     omitted: &'static [(Rule, &'static str)],
+    added: &'static [(Rule, &'static str)],
 }
 
 const LEASES: Rule = (
@@ -637,6 +647,7 @@ const UPSTREAM: &[Upstream] = &[
                 "only to find the owner of CSIStorageCapacity objects (--enable-capacity)",
             ),
         ],
+        added: &[],
     },
     Upstream {
         container: "csi-resizer",
@@ -662,6 +673,7 @@ const UPSTREAM: &[Upstream] = &[
             "only to wait for pods to stop using a claim; --handle-volume-inuse-error=false \
              (expansion is online)",
         )],
+        added: &[],
     },
     Upstream {
         container: "csi-snapshotter",
@@ -669,7 +681,10 @@ const UPSTREAM: &[Upstream] = &[
         release: "v8.6.0",
         source: "kubernetes-csi/external-snapshotter \
                  deploy/kubernetes/csi-snapshotter/rbac-csi-snapshotter.yaml (newest stored \
-                 copy with the group snapshot rules, 02c0340f)",
+                 copy with the group snapshot rules, 02c0340f); the groupsnapshot.storage.k8s.io \
+                 rules are what the sidecar of v8.6.0 needs with \
+                 --feature-gates=CSIVolumeGroupSnapshot=true (the gate of CHANGELOG-8.2.md, PR \
+                 #1194; the API it watches is v1 since CHANGELOG-8.6.md, PR #1368)",
         cluster: &[
             EVENTS,
             (
@@ -704,32 +719,8 @@ const UPSTREAM: &[Upstream] = &[
             ),
         ],
         namespaced: &[LEASES],
-        omitted: &[
-            (
-                (
-                    "groupsnapshot.storage.k8s.io",
-                    "volumegroupsnapshotclasses",
-                    &["get", "list", "watch"],
-                ),
-                "group snapshots are off (--feature-gates=CSIVolumeGroupSnapshot=false)",
-            ),
-            (
-                (
-                    "groupsnapshot.storage.k8s.io",
-                    "volumegroupsnapshotcontents",
-                    &["get", "list", "watch", "update", "patch"],
-                ),
-                "group snapshots are off",
-            ),
-            (
-                (
-                    "groupsnapshot.storage.k8s.io",
-                    "volumegroupsnapshotcontents/status",
-                    &["update", "patch"],
-                ),
-                "group snapshots are off",
-            ),
-        ],
+        omitted: &[],
+        added: &[],
     },
     Upstream {
         container: "snapshot-controller",
@@ -737,7 +728,10 @@ const UPSTREAM: &[Upstream] = &[
         release: "v8.6.0",
         source: "kubernetes-csi/external-snapshotter \
                  deploy/kubernetes/snapshot-controller/rbac-snapshot-controller.yaml (newest \
-                 stored copy, d27ee265)",
+                 stored copy, d27ee265); the groupsnapshot.storage.k8s.io rules are what the \
+                 controller of v8.6.0 needs with --feature-gates=CSIVolumeGroupSnapshot=true \
+                 (CHANGELOG-8.2.md, PR #1194; it makes the members' VolumeSnapshots and \
+                 VolumeSnapshotContents since PR #1171)",
         cluster: &[
             ("", "persistentvolumes", &["get", "list", "watch"]),
             (
@@ -802,51 +796,13 @@ const UPSTREAM: &[Upstream] = &[
             ),
         ],
         namespaced: &[LEASES],
-        omitted: &[
-            (
-                (
-                    "groupsnapshot.storage.k8s.io",
-                    "volumegroupsnapshotclasses",
-                    &["get", "list", "watch"],
-                ),
-                "group snapshots are off (--feature-gates=CSIVolumeGroupSnapshot=false; no \
-                 group snapshot CRDs in snapshot-crds/)",
-            ),
-            (
-                (
-                    "groupsnapshot.storage.k8s.io",
-                    "volumegroupsnapshotcontents",
-                    &[
-                        "create", "get", "list", "watch", "update", "delete", "patch",
-                    ],
-                ),
-                "group snapshots are off",
-            ),
-            (
-                (
-                    "groupsnapshot.storage.k8s.io",
-                    "volumegroupsnapshotcontents/status",
-                    &["patch"],
-                ),
-                "group snapshots are off",
-            ),
-            (
-                (
-                    "groupsnapshot.storage.k8s.io",
-                    "volumegroupsnapshots",
-                    &["get", "list", "watch", "update", "patch"],
-                ),
-                "group snapshots are off",
-            ),
-            (
-                (
-                    "groupsnapshot.storage.k8s.io",
-                    "volumegroupsnapshots/status",
-                    &["update", "patch"],
-                ),
-                "group snapshots are off",
-            ),
-        ],
+        omitted: &[],
+        added: &[(
+            ("snapshot.storage.k8s.io", "volumesnapshots", &["create"]),
+            "group snapshots: the controller creates one VolumeSnapshot per member \
+             (pkg/common-controller, createSnapshotsForGroupSnapshotContent, since PR #1171 in \
+             CHANGELOG-8.2.md), which the stored upstream file does not grant",
+        )],
     },
     Upstream {
         container: "node-driver-registrar",
@@ -857,6 +813,7 @@ const UPSTREAM: &[Upstream] = &[
         cluster: &[],
         namespaced: &[],
         omitted: &[],
+        added: &[],
     },
     Upstream {
         container: "liveness-probe",
@@ -867,6 +824,7 @@ const UPSTREAM: &[Upstream] = &[
         cluster: &[],
         namespaced: &[],
         omitted: &[],
+        added: &[],
     },
 ];
 
@@ -897,8 +855,9 @@ fn needs(container: &str) -> (BTreeSet<Grant>, BTreeSet<Grant>) {
     }
     let u = upstream(container);
     let omitted = expand(&u.omitted.iter().map(|(r, _)| *r).collect::<Vec<_>>());
+    let added = expand(&u.added.iter().map(|(r, _)| *r).collect::<Vec<_>>());
     (
-        &expand(u.cluster) - &omitted,
+        &(&expand(u.cluster) - &omitted) | &added,
         &expand(u.namespaced) - &omitted,
     )
 }
@@ -973,8 +932,8 @@ fn granted_to(
 }
 
 /// The pod's ServiceAccount is granted what the upstream RBAC of each of its
-/// containers' pinned release grants, less the deliberate omissions
-/// (`UPSTREAM`): cluster-wide what upstream puts in its ClusterRole, in the
+/// containers' pinned release grants, less the deliberate omissions, plus
+/// the additions (`UPSTREAM`): cluster-wide what upstream puts in its ClusterRole, in the
 /// pod's own namespace what it puts in its Role; and nothing else.
 fn check_rbac(objects: &Objects, namespace: &str, pod: &PodSpec) {
     let sa = pod.service_account_name.clone().expect("a ServiceAccount");
@@ -1180,8 +1139,8 @@ fn controller_pod_wiring() {
     );
     assert_eq!(
         flag(container(&pod, "csi-snapshotter"), "--feature-gates", None).as_deref(),
-        Some("CSIVolumeGroupSnapshot=false"),
-        "no group snapshot CRDs or RBAC are installed"
+        Some("CSIVolumeGroupSnapshot=true"),
+        "group snapshots are off by default in csi-snapshotter v8.6.0"
     );
     check_rbac(&objects, NAMESPACE, &pod);
 }
@@ -1485,6 +1444,9 @@ fn examples_are_valid_and_refer_to_each_other() {
             continue;
         };
         match ds.kind.as_str() {
+            // A member of the example group snapshot, whose VolumeSnapshot
+            // the snapshot-controller names: see deploy/groups.rs.
+            "VolumeSnapshot" if c.metadata.name.as_deref() == Some(groups::MEMBER_RESTORE) => {}
             "VolumeSnapshot" => {
                 assert_eq!(ds.api_group.as_deref(), Some("snapshot.storage.k8s.io"));
                 assert_eq!(Some(ds.name), snapshot.metadata.name);
@@ -1584,13 +1546,13 @@ fn committed_crds_are_what_nfs_csi_crds_prints() {
     let in_repo: BTreeSet<String> = std::fs::read_dir(root().join("snapshot-crds"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".snapshot.storage.k8s.io.yaml"))
+        .filter(|n| n.ends_with(".storage.k8s.io.yaml"))
         .collect();
     assert_eq!(in_repo, written);
 }
 
 /// Flattens a schema into `path -> type` (with `[enum]`, `{format}`,
-/// `!` for required).
+/// `!` for required; the fields of an array's items under `path[]`).
 fn shape(s: &JSONSchemaProps, path: &str, out: &mut BTreeMap<String, String>) {
     let required: BTreeSet<&String> = s.required.iter().flatten().collect();
     for (name, p) in s.properties.iter().flatten() {
@@ -1622,6 +1584,9 @@ fn shape(s: &JSONSchemaProps, path: &str, out: &mut BTreeMap<String, String>) {
         }
         out.insert(key.clone(), t);
         shape(p, &key, out);
+        if let Some(JSONSchemaPropsOrArray::Schema(item)) = &p.items {
+            shape(item, &format!("{key}[]"), out);
+        }
     }
 }
 
@@ -1644,30 +1609,124 @@ fn schema<'a>(crd: &'a CustomResourceDefinition, name: &str) -> &'a JSONSchemaPr
         .unwrap()
 }
 
-/// The upstream external-snapshotter v8 CRDs, as facts: names, scope,
-/// versions, printer columns, and the v1 fields with their types.
+/// The versions of the snapshot CRDs: v1 served and stored, v1beta1 kept
+/// but neither.
+const SNAPSHOT_VERSIONS: &[(&str, bool, bool)] = &[("v1", true, true), ("v1beta1", false, false)];
+
+/// One upstream CRD, as facts: names, scope, versions (name, served,
+/// stored) and which are deprecated, printer columns (the same in every
+/// version), and the fields of v1 with their types (`shape`).
+struct UpstreamCrd {
+    group: &'static str,
+    plural: &'static str,
+    kind: &'static str,
+    short: &'static [&'static str],
+    scope: &'static str,
+    versions: &'static [(&'static str, bool, bool)],
+    deprecated: &'static [&'static str],
+    status: bool,
+    columns: &'static [(&'static str, &'static str, &'static str)],
+    fields: &'static [(&'static str, &'static str)],
+    /// The v1 field that is a core ObjectReference (its fields are added to
+    /// `fields`).
+    object_ref: Option<&'static str>,
+}
+
+const OBJECT_REF: [&str; 7] = [
+    "apiVersion",
+    "fieldPath",
+    "kind",
+    "name",
+    "namespace",
+    "resourceVersion",
+    "uid",
+];
+
+/// `crd` is `up`: names, approval annotation, scope, versions, columns,
+/// status subresource, the v1 fields, no nullable field.
+fn check_upstream_shape(crd: &CustomResourceDefinition, up: &UpstreamCrd) {
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some(format!("{}.{}", up.plural, up.group).as_str())
+    );
+    let approval = crd
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("api-approved.kubernetes.io"))
+        .expect("*.k8s.io CRDs are refused without api-approved.kubernetes.io");
+    assert!(approval.starts_with("https://github.com/kubernetes-csi/external-snapshotter/pull/"));
+    let spec = &crd.spec;
+    assert_eq!(spec.group, up.group);
+    assert_eq!(spec.names.kind, up.kind);
+    assert_eq!(
+        spec.names.list_kind.as_deref(),
+        Some(format!("{}List", up.kind).as_str())
+    );
+    assert_eq!(spec.names.plural, up.plural);
+    assert_eq!(
+        spec.names.singular.as_deref(),
+        Some(&up.kind.to_lowercase()[..])
+    );
+    let short: Vec<String> = up.short.iter().map(|s| s.to_string()).collect();
+    assert_eq!(spec.names.short_names.as_ref(), Some(&short));
+    assert_eq!(spec.scope, up.scope);
+    assert_eq!(spec.conversion, None, "no conversion webhook");
+
+    let versions: Vec<(&str, bool, bool)> = spec
+        .versions
+        .iter()
+        .map(|v| (v.name.as_str(), v.served, v.storage))
+        .collect();
+    assert_eq!(versions, up.versions, "{} versions", up.kind);
+    for v in &spec.versions {
+        assert_eq!(
+            v.deprecated.unwrap_or(false),
+            up.deprecated.contains(&v.name.as_str()),
+            "{} {} deprecated",
+            up.kind,
+            v.name
+        );
+        let columns: Vec<(&str, &str, &str)> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| (c.name.as_str(), c.type_.as_str(), c.json_path.as_str()))
+            .collect();
+        assert_eq!(columns, up.columns, "{} {}", up.kind, v.name);
+        let status = v.subresources.as_ref().and_then(|s| s.status.as_ref());
+        assert_eq!(status.is_some(), up.status, "{} {} status", up.kind, v.name);
+    }
+
+    let mut fields = BTreeMap::new();
+    let v1 = schema(crd, "v1");
+    assert_eq!(v1.type_.as_deref(), Some("object"));
+    shape(v1, "", &mut fields);
+    let mut expected: BTreeMap<String, String> = up
+        .fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    if let Some(path) = up.object_ref {
+        for f in OBJECT_REF {
+            expected.insert(format!("{path}.{f}"), "string".into());
+        }
+    }
+    assert_eq!(fields, expected, "{} v1 fields", up.kind);
+    for v in &spec.versions {
+        no_nullable(schema(crd, &v.name));
+    }
+}
+
+/// The upstream external-snapshotter v8 snapshot CRDs.
 #[test]
 fn crds_have_the_upstream_shape() {
-    struct Upstream {
-        plural: &'static str,
-        kind: &'static str,
-        short: &'static [&'static str],
-        scope: &'static str,
-        status: bool,
-        columns: &'static [(&'static str, &'static str, &'static str)],
-        fields: &'static [(&'static str, &'static str)],
-    }
-    const OBJECT_REF: [&str; 7] = [
-        "apiVersion",
-        "fieldPath",
-        "kind",
-        "name",
-        "namespace",
-        "resourceVersion",
-        "uid",
-    ];
     let upstream = [
-        Upstream {
+        UpstreamCrd {
+            group: "snapshot.storage.k8s.io",
+            versions: SNAPSHOT_VERSIONS,
+            deprecated: &["v1beta1"],
+            object_ref: None,
             plural: "volumesnapshotclasses",
             kind: "VolumeSnapshotClass",
             short: &["vsclass", "vsclasses"],
@@ -1687,7 +1746,11 @@ fn crds_have_the_upstream_shape() {
                 ("parameters", "object<string>"),
             ],
         },
-        Upstream {
+        UpstreamCrd {
+            group: "snapshot.storage.k8s.io",
+            versions: SNAPSHOT_VERSIONS,
+            deprecated: &["v1beta1"],
+            object_ref: Some("spec.volumeSnapshotRef"),
             plural: "volumesnapshotcontents",
             kind: "VolumeSnapshotContent",
             short: &["vsc", "vscs"],
@@ -1735,7 +1798,11 @@ fn crds_have_the_upstream_shape() {
                 ("status.volumeGroupSnapshotHandle", "string"),
             ],
         },
-        Upstream {
+        UpstreamCrd {
+            group: "snapshot.storage.k8s.io",
+            versions: SNAPSHOT_VERSIONS,
+            deprecated: &["v1beta1"],
+            object_ref: None,
             plural: "volumesnapshots",
             kind: "VolumeSnapshot",
             short: &["vs"],
@@ -1785,73 +1852,11 @@ fn crds_have_the_upstream_shape() {
         },
     ];
     let committed = committed_crds();
-    assert_eq!(committed.len(), upstream.len());
+    assert_eq!(committed.len(), upstream.len() + groups::UPSTREAM.len());
     for (crd, up) in committed.iter().zip(&upstream) {
-        assert_eq!(
-            crd.metadata.name.as_deref(),
-            Some(format!("{}.snapshot.storage.k8s.io", up.plural).as_str())
-        );
-        let approval = crd
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get("api-approved.kubernetes.io"))
-            .expect("*.k8s.io CRDs are refused without api-approved.kubernetes.io");
-        assert!(
-            approval.starts_with("https://github.com/kubernetes-csi/external-snapshotter/pull/")
-        );
-        let spec = &crd.spec;
-        assert_eq!(spec.group, "snapshot.storage.k8s.io");
-        assert_eq!(spec.names.kind, up.kind);
-        assert_eq!(
-            spec.names.list_kind.as_deref(),
-            Some(format!("{}List", up.kind).as_str())
-        );
-        assert_eq!(spec.names.plural, up.plural);
-        assert_eq!(
-            spec.names.singular.as_deref(),
-            Some(&up.kind.to_lowercase()[..])
-        );
-        let short: Vec<String> = up.short.iter().map(|s| s.to_string()).collect();
-        assert_eq!(spec.names.short_names.as_ref(), Some(&short));
-        assert_eq!(spec.scope, up.scope);
-        assert_eq!(spec.conversion, None, "no conversion webhook");
-
-        let versions: Vec<(&str, bool, bool)> = spec
-            .versions
-            .iter()
-            .map(|v| (v.name.as_str(), v.served, v.storage))
-            .collect();
-        assert_eq!(versions, [("v1", true, true), ("v1beta1", false, false)]);
-        assert_eq!(version(crd, "v1beta1").deprecated, Some(true));
-        for v in &spec.versions {
-            let columns: Vec<(&str, &str, &str)> = v
-                .additional_printer_columns
-                .iter()
-                .flatten()
-                .map(|c| (c.name.as_str(), c.type_.as_str(), c.json_path.as_str()))
-                .collect();
-            assert_eq!(columns, up.columns, "{} {}", up.kind, v.name);
-            let status = v.subresources.as_ref().and_then(|s| s.status.as_ref());
-            assert_eq!(status.is_some(), up.status, "{} {} status", up.kind, v.name);
-        }
-
-        let mut fields = BTreeMap::new();
-        let v1 = schema(crd, "v1");
-        assert_eq!(v1.type_.as_deref(), Some("object"));
-        shape(v1, "", &mut fields);
-        let mut expected: BTreeMap<String, String> = up
-            .fields
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        check_upstream_shape(crd, up);
         if up.kind == "VolumeSnapshotContent" {
-            for f in OBJECT_REF {
-                expected.insert(format!("spec.volumeSnapshotRef.{f}"), "string".into());
-            }
-        }
-        assert_eq!(fields, expected, "{} v1 fields", up.kind);
-        if up.kind == "VolumeSnapshotContent" {
+            let v1 = schema(crd, "v1");
             let r = &v1.properties.as_ref().unwrap()["spec"]
                 .properties
                 .as_ref()
@@ -1863,7 +1868,6 @@ fn crds_have_the_upstream_shape() {
                 .unwrap()["restoreSize"];
             assert_eq!(size.minimum, Some(0.0));
         }
-        no_nullable(v1);
     }
 }
 
@@ -1871,6 +1875,9 @@ fn no_nullable(s: &JSONSchemaProps) {
     assert_eq!(s.nullable, None, "upstream accepts no nulls");
     for p in s.properties.iter().flat_map(|m| m.values()) {
         no_nullable(p);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(a)) = &s.additional_properties {
+        no_nullable(a);
     }
     if let Some(JSONSchemaPropsOrArray::Schema(i)) = &s.items {
         no_nullable(i);
@@ -2167,12 +2174,23 @@ fn crds_reject_what_upstream_rejects() {
 #[test]
 fn snapshot_crds_kustomization_installs_crds_and_controller() {
     let objects = Objects::render("snapshot-crds");
-    let crds_rendered: Vec<CustomResourceDefinition> = objects.all("CustomResourceDefinition");
+    // kustomize passes the CRDs through unchanged (in its own order).
+    let by_name =
+        |crds: Vec<CustomResourceDefinition>| -> BTreeMap<String, CustomResourceDefinition> {
+            crds.into_iter()
+                .map(|c| (c.metadata.name.clone().unwrap(), c))
+                .collect()
+        };
+    let rendered = by_name(objects.all("CustomResourceDefinition"));
+    let committed = by_name(committed_crds());
     assert_eq!(
-        crds_rendered,
-        committed_crds(),
-        "kustomize passes the CRDs through unchanged"
+        rendered.keys().collect::<Vec<_>>(),
+        committed.keys().collect::<Vec<_>>(),
+        "snapshot-crds/kustomization.yaml lists every generated CRD"
     );
+    for (name, crd) in &committed {
+        assert!(&rendered[name] == crd, "{name} changed by kustomize");
+    }
     let d: Deployment = objects.one("Deployment");
     assert_eq!(d.metadata.namespace.as_deref(), Some("kube-system"));
     let pod = pod_spec_of_deployment(&d);
@@ -2182,8 +2200,8 @@ fn snapshot_crds_kustomization_installs_crds_and_controller() {
     assert_eq!(flag(c, "--leader-election", None).as_deref(), Some("true"));
     assert_eq!(
         flag(c, "--feature-gates", None).as_deref(),
-        Some("CSIVolumeGroupSnapshot=false"),
-        "no group snapshot CRDs are installed"
+        Some("CSIVolumeGroupSnapshot=true"),
+        "group snapshots are off by default in snapshot-controller v8.6.0"
     );
     check_rbac(&objects, "kube-system", &pod);
     let sc = pod.security_context.as_ref().unwrap();
@@ -2355,7 +2373,7 @@ fn copy_tree(from: &Path, to: &Path) {
 // ------------------------------------------------- upstream RBAC and pins
 
 #[test]
-fn upstream_rbac_omissions_are_upstream_rules_with_reasons() {
+fn upstream_rbac_omissions_and_additions_have_reasons() {
     for u in UPSTREAM {
         let all = &expand(u.cluster) | &expand(u.namespaced);
         for (rule, reason) in u.omitted {
@@ -2368,6 +2386,21 @@ fn upstream_rbac_omissions_are_upstream_rules_with_reasons() {
                 assert!(
                     all.contains(&g),
                     "{}: omitted {g:?} is not granted by upstream {}: stale omission",
+                    u.container,
+                    u.release
+                );
+            }
+        }
+        for (rule, reason) in u.added {
+            assert!(
+                reason.len() > 10,
+                "{}: say why {rule:?} is added",
+                u.container
+            );
+            for g in expand(&[*rule]) {
+                assert!(
+                    !all.contains(&g),
+                    "{}: added {g:?} is granted by upstream {} already",
                     u.container,
                     u.release
                 );

@@ -18,6 +18,9 @@ pub struct Job {
     pub created_unix: i64,
     pub created_nanos: i32,
     pub level: i32,
+    /// The volume group snapshot this snapshot is a member of (empty: none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group_snapshot_id: String,
     /// The snapshot this one is archived against (its key in the same
     /// store), chosen when the job starts; `None`: a full archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -41,6 +44,9 @@ pub struct Manifest {
     pub sha256: String,
     pub compression: String,
     pub level: i32,
+    /// The volume group snapshot this snapshot is a member of (empty: none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group_snapshot_id: String,
     /// The snapshot whose tree this archive changes (`None`: full).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
@@ -87,6 +93,7 @@ impl Job {
             level,
             parent: None,
             chain: 0,
+            group_snapshot_id: String::new(),
         }
     }
 }

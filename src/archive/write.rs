@@ -554,6 +554,7 @@ fn write_once(
             sha256,
             compression: "zstd".into(),
             level: opts.level,
+            group_snapshot_id: job.group_snapshot_id.clone(),
             parent: job.parent.clone().filter(|_| incremental),
             chain: if incremental { job.chain } else { 0 },
             added_bytes: archive_bytes + index_bytes,

@@ -13,7 +13,9 @@
 //! into the methods here. `volumes` creates, deletes,
 //! expands, gets and validates volumes; `sources` fills a new volume from a
 //! snapshot or a volume; `modify` changes a volume's mutable parameters;
-//! `snapshots` creates, deletes and gets snapshots;
+//! `snapshots` creates, deletes and gets snapshots; `groups` is the
+//! GroupController (volume group snapshots: one snapshot per volume, their
+//! walks started together, and the group's record);
 //! `listing` pages ListVolumes and ListSnapshots; `records` keeps the
 //! `.nfs-csi/` records on an export.
 //!
@@ -35,6 +37,7 @@ use crate::sys::inflight::InFlight;
 use crate::sys::jobs::Jobs;
 use crate::sys::text::quote;
 
+mod groups;
 mod listing;
 mod modify;
 mod records;
@@ -81,8 +84,8 @@ pub enum Error {
     SnapshotExists { name: String, existing: String },
     #[error("{0}")]
     JobFailed(String),
-    /// A restore or clone failed; `code` is its error's (see
-    /// `grpc::status::code`).
+    /// A restore, clone or group member's archive failed; `code` is its
+    /// error's (see `grpc::status::code`).
     #[error("{message}")]
     Populate { message: String, code: tonic::Code },
     #[error("limit_bytes {limit} is below the volume's capacity {current}; volumes do not shrink")]
@@ -109,6 +112,25 @@ pub enum Error {
     NegativeMaxEntries,
     #[error("parameter {name:?}: {reason}")]
     SnapshotParameter { name: String, reason: String },
+    #[error("source_volume_ids: {0}")]
+    GroupSources(String),
+    #[error("group snapshot {} already exists and differs: {reason}", quote(name))]
+    GroupExists { name: String, reason: String },
+    #[error("group snapshot {} does not exist", quote(.0))]
+    GroupNotFound(String),
+    #[error("snapshot_ids do not match the members of group snapshot {}", quote(.0))]
+    GroupMismatch(String),
+    #[error(
+        "snapshot {} is a member of group snapshot {}; delete the group snapshot instead",
+        quote(snapshot),
+        quote(group)
+    )]
+    GroupMember { snapshot: String, group: String },
+    #[error(
+        "group snapshot {} is being deleted; retry DeleteVolumeGroupSnapshot",
+        quote(.0)
+    )]
+    GroupDeleting(String),
     #[error("record {path} is unreadable: {source}")]
     CorruptRecord {
         path: PathBuf,

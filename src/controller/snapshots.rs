@@ -103,7 +103,7 @@ pub(super) fn snapshot_ready(id: &SnapshotId, m: &archive::Manifest) -> csi::Sna
         source_volume_id: m.source_volume_id.clone(),
         creation_time: Some(timestamp(m.created_unix, m.created_nanos)),
         ready_to_use: true,
-        group_snapshot_id: String::new(),
+        group_snapshot_id: m.group_snapshot_id.clone(),
     }
 }
 
@@ -114,7 +114,7 @@ pub(super) fn snapshot_pending(id: &SnapshotId, j: &archive::Job) -> csi::Snapsh
         source_volume_id: j.source_volume_id.clone(),
         creation_time: Some(timestamp(j.created_unix, j.created_nanos)),
         ready_to_use: false,
-        group_snapshot_id: String::new(),
+        group_snapshot_id: j.group_snapshot_id.clone(),
     }
 }
 
@@ -338,6 +338,8 @@ impl ControllerService {
         let Ok(sid) = SnapshotId::parse(&req.snapshot_id) else {
             return Ok(csi::DeleteSnapshotResponse {});
         };
+        // A member of a volume group snapshot goes with its group.
+        self.refuse_group_member(&sid).await?;
         let key = sid.to_string();
         let _guard = self.inflight.acquire(&[format!("snap:{key}")])?;
         if let Some(job) = self.jobs.get(&key) {

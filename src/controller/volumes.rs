@@ -143,11 +143,21 @@ impl ControllerService {
         };
         let subdir = id.subdir.clone();
         let dest_root = root.clone();
+        let vid = id.to_string();
         let creating = create_lock.lock().await;
         let rec = offload::run(
             "create volume directory",
             self.exports.timeouts().fs,
-            move || create_on_export(&dest_root, want, &subdir, capacity),
+            move || {
+                let rec = create_on_export(&dest_root, want, &subdir, capacity)?;
+                // A repeated CreateVolume applies its mutable parameters to
+                // the existing volume, as ControllerModifyVolume does (a new
+                // volume has them already: nothing changes).
+                if mutable != params::MutableParams::default() {
+                    return modify_on_export(&dest_root, &subdir, &mutable, &vid);
+                }
+                Ok(rec)
+            },
         )
         .await??;
         drop(creating);

@@ -1,9 +1,10 @@
 //! The edge: the gRPC server and everything that speaks gRPC.
 //!
 //! - `server`: the unix socket, the services, signals and shutdown.
-//! - `controller`, `node`: the tonic traits, thin: one call per RPC into
-//!   `crate::controller` / `crate::node`, each in a span naming its volume
-//!   or snapshot, its result turned into a reply or a status by `respond`.
+//! - `controller`, `group_controller`, `node`: the tonic traits, thin: one
+//!   call per RPC into `crate::controller` / `crate::node`, each in a span
+//!   naming its volume, snapshot or group snapshot, its result turned into a
+//!   reply or a status by `respond`.
 //!   They live here, not beside the services, so that the services never
 //!   name the status mapping (it names their errors).
 //! - `status`: the one mapping from errors to gRPC codes (as the CSI spec
@@ -22,6 +23,7 @@
 
 pub mod controller;
 pub mod csi;
+pub mod group_controller;
 pub mod metrics;
 pub mod node;
 pub mod server;

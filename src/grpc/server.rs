@@ -18,7 +18,8 @@ use tonic::transport::Server;
 use crate::config::Config;
 use crate::controller::ControllerService;
 use crate::grpc::csi::v1::{
-    controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer,
+    controller_server::ControllerServer, group_controller_server::GroupControllerServer,
+    identity_server::IdentityServer, node_server::NodeServer,
 };
 use crate::identity::IdentityService;
 use crate::node::NodeService;
@@ -98,10 +99,14 @@ pub async fn serve(
     config.validate()?;
     let config = Arc::new(config);
     let path = socket_path(endpoint)?;
-    let mounter: Arc<dyn Mounter> = Arc::new(SystemMounter {
+    let system = SystemMounter {
         command_timeout: config.mount_timeout,
         scratch_dir: config.work_dir.join("node-mounts"),
-    });
+    };
+    if config.mode.node() {
+        system.sweep_scratch();
+    }
+    let mounter: Arc<dyn Mounter> = Arc::new(system);
 
     if let Some(addr) = config.metrics_address {
         let local = crate::grpc::metrics::serve(addr)
@@ -126,10 +131,12 @@ pub async fn serve(
                 mount: config.mount_timeout,
             },
         )?;
-        router = router.add_service(ControllerServer::new(ControllerService::new(
-            Arc::new(exports),
-            config.clone(),
-        )));
+        // One service behind both: group snapshots share the controller's
+        // jobs and in-flight keys.
+        let controller = Arc::new(ControllerService::new(Arc::new(exports), config.clone()));
+        router = router
+            .add_service(ControllerServer::from_arc(controller.clone()))
+            .add_service(GroupControllerServer::from_arc(controller));
     }
     if config.mode.node() {
         router = router.add_service(NodeServer::new(NodeService::new(

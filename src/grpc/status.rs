@@ -88,9 +88,9 @@ fn fs_code(e: &safefs::Error) -> Code {
 
 fn storage_code(e: &storage::Error) -> Code {
     match e {
-        storage::Error::InvalidId { .. } | storage::Error::InvalidSnapshotId { .. } => {
-            Code::NotFound
-        }
+        storage::Error::InvalidId { .. }
+        | storage::Error::InvalidSnapshotId { .. }
+        | storage::Error::InvalidGroupSnapshotId { .. } => Code::NotFound,
         _ => Code::InvalidArgument,
     }
 }
@@ -149,7 +149,12 @@ fn controller_code(e: &controller::Error) -> Code {
         C::JobFailed(_) => Code::Internal,
         C::Populate { code, .. } => *code,
         C::DirInUse { .. } | C::DirMissing(_) => Code::FailedPrecondition,
-        C::SnapshotParameter { .. } => Code::InvalidArgument,
+        C::SnapshotParameter { .. } | C::GroupSources(_) | C::GroupMismatch(_) => {
+            Code::InvalidArgument
+        }
+        C::GroupExists { .. } => Code::AlreadyExists,
+        C::GroupNotFound(_) => Code::NotFound,
+        C::GroupMember { .. } | C::GroupDeleting(_) => Code::FailedPrecondition,
         C::AlreadyExists { .. } => Code::AlreadyExists,
         C::BadToken(_) => Code::Aborted,
         C::CorruptRecord { .. } => Code::Internal,

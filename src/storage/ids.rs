@@ -1,4 +1,4 @@
-//! Volume and snapshot ids, and the checked paths below an export.
+//! Volume, snapshot and group snapshot ids, and the checked paths below an export.
 //!
 //! Safety assumptions: every string here arrives in a request and is hostile
 //! until parsed. A [`RelPath`] is the only way to name a directory below an
@@ -210,13 +210,7 @@ impl SnapshotId {
             reason,
         };
         let (export, key) = parse_id(SNAPSHOT_ID_VERSION, id).map_err(bad)?;
-        let encoded = (key.starts_with("x-") || key.starts_with("h-"))
-            && key.len() > 2
-            && key[2..].bytes().all(|b| b.is_ascii_hexdigit());
-        if safe_file_name(&key) != key && !encoded {
-            return Err(bad("bad snapshot directory name".into()));
-        }
-        if key.is_empty() || key.contains('/') || key.starts_with('.') {
+        if !snapshot_key_ok(&key) {
             return Err(bad("bad snapshot directory name".into()));
         }
         Ok(SnapshotId { export, key })
@@ -226,6 +220,55 @@ impl SnapshotId {
 impl std::fmt::Display for SnapshotId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&format_id(SNAPSHOT_ID_VERSION, &self.export, &self.key))
+    }
+}
+
+/// A snapshot directory name as `SnapshotId::new` makes it (plain, or an
+/// `x-`/`h-` encoding), never `.`-prefixed or nested.
+fn snapshot_key_ok(key: &str) -> bool {
+    let encoded = (key.starts_with("x-") || key.starts_with("h-"))
+        && key.len() > 2
+        && key[2..].bytes().all(|b| b.is_ascii_hexdigit());
+    (safe_file_name(key) == key || encoded)
+        && !key.is_empty()
+        && !key.contains('/')
+        && !key.starts_with('.')
+}
+
+const GROUP_ID_VERSION: &str = "g1";
+
+/// Where a volume group snapshot's record lives: the export holding it and
+/// its directory name (the same rules as a snapshot's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupSnapshotId {
+    pub export: ExportSpec,
+    pub key: String,
+}
+
+impl GroupSnapshotId {
+    pub fn new(export: ExportSpec, name: &str) -> GroupSnapshotId {
+        GroupSnapshotId {
+            export,
+            key: safe_file_name(name),
+        }
+    }
+
+    pub fn parse(id: &str) -> Result<GroupSnapshotId> {
+        let bad = |reason: String| Error::InvalidGroupSnapshotId {
+            id: quote(id),
+            reason,
+        };
+        let (export, key) = parse_id(GROUP_ID_VERSION, id).map_err(bad)?;
+        if !snapshot_key_ok(&key) {
+            return Err(bad("bad group snapshot directory name".into()));
+        }
+        Ok(GroupSnapshotId { export, key })
+    }
+}
+
+impl std::fmt::Display for GroupSnapshotId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&format_id(GROUP_ID_VERSION, &self.export, &self.key))
     }
 }
 

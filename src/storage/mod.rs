@@ -1,7 +1,7 @@
 //! The storage layer: what a volume or snapshot is on an export, without
 //! CSI or gRPC.
 //!
-//! - `ids`: volume and snapshot ids, [`ids::RelPath`] (every directory below
+//! - `ids`: volume, snapshot and group snapshot ids, [`ids::RelPath`] (every directory below
 //!   an export), checked absolute paths.
 //! - `params`: StorageClass parameters, the `subDir` template, and the
 //!   record kept for each volume.
@@ -27,6 +27,9 @@ pub enum Error {
     /// `id` is already quoted (see [`crate::sys::text::quote`]).
     #[error("snapshot id {id} is not an nfs-csi snapshot id: {reason}")]
     InvalidSnapshotId { id: String, reason: String },
+    /// `id` is already quoted (see [`crate::sys::text::quote`]).
+    #[error("group snapshot id {id} is not an nfs-csi group snapshot id: {reason}")]
+    InvalidGroupSnapshotId { id: String, reason: String },
     #[error("parameter {name:?}: {reason}")]
     InvalidParameter { name: String, reason: String },
     /// The name is already quoted (see [`crate::sys::text::quote`]).

@@ -247,6 +247,34 @@ fn ids_round_trip() {
     }
 }
 
+#[test]
+fn group_ids_round_trip_and_are_not_snapshot_ids() {
+    let export = ExportSpec::mounted("/srv/snaps").unwrap();
+    let id = GroupSnapshotId::new(export.clone(), "groupsnapshot-1234");
+    let s = id.to_string();
+    assert_eq!(s, "g1#mounted#/srv/snaps#groupsnapshot-1234");
+    assert_eq!(GroupSnapshotId::parse(&s).unwrap(), id);
+    // a name that is not a plain file name is encoded, and parses back
+    let odd = GroupSnapshotId::new(export.clone(), "a/b c");
+    assert_eq!(GroupSnapshotId::parse(&odd.to_string()).unwrap(), odd);
+    let snap = SnapshotId::new(export, "groupsnapshot-1234").to_string();
+    assert!(GroupSnapshotId::parse(&snap).is_err());
+    assert!(SnapshotId::parse(&s).is_err());
+    for bad in [
+        "",
+        "g1#mounted#/srv#..",
+        "g1#mounted#/srv#a%2Fb",
+        "g1#mounted#/srv#.hidden",
+        "g1#mounted#/srv#x-zz",
+    ] {
+        let err = GroupSnapshotId::parse(bad).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidGroupSnapshotId { .. }),
+            "{bad}: {err}"
+        );
+    }
+}
+
 mod props {
     use super::*;
     use proptest::prelude::*;

@@ -280,6 +280,47 @@ impl SystemMounter {
     }
 }
 
+impl SystemMounter {
+    /// Removes what a driver killed mid-attach left in the scratch
+    /// directory: a scratch NFS mount lives only between `mount.nfs` and
+    /// its move onto the target, but SIGKILL at that instant leaves it
+    /// mounted (and a restarted driver in a container gets the same pid,
+    /// hence the same scratch names). Call once at startup, before any
+    /// attach. Entries are unmounted lazily without following symlinks
+    /// (stacked mounts one by one), then removed if empty; the count of
+    /// mounts removed is returned.
+    pub fn sweep_scratch(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.scratch_dir) else {
+            return 0;
+        };
+        let mut swept = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            // Our names only; a symlink is never a scratch directory.
+            let ours = entry.file_name().to_string_lossy().starts_with("m-")
+                && entry.file_type().is_ok_and(|t| t.is_dir());
+            if !ours {
+                continue;
+            }
+            for _ in 0..16 {
+                match nix::mount::umount2(&path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+                    Ok(()) => swept += 1,
+                    Err(_) => break,
+                }
+            }
+            let _ = std::fs::remove_dir(&path);
+        }
+        if swept > 0 {
+            tracing::warn!(
+                dir = %self.scratch_dir.display(),
+                mounts = swept,
+                "removed scratch NFS mounts left by a driver killed mid-attach"
+            );
+        }
+        swept
+    }
+}
+
 impl Mounter for SystemMounter {
     fn attach_nfs(&self, source: &str, options: &[String], target: At<'_>) -> Result<()> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -603,6 +644,63 @@ mod tests {
         };
         let err = m.mount_nfs("nfs.example:/e", &target, &[]).unwrap_err();
         assert!(matches!(err, Error::NothingMounted { .. }), "{err}");
+    }
+
+    #[test]
+    fn startup_sweep_removes_left_scratch_mounts_and_nothing_else() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "SKIPPED startup_sweep_removes_left_scratch_mounts_and_nothing_else: not root"
+            );
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let scratch = t.path().join("node-mounts");
+        let left = scratch.join("m-1-0");
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(&left).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let tmpfs = |at: &Path| {
+            nix::mount::mount(
+                Some("tmpfs"),
+                at,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .unwrap()
+        };
+        // Whatever happens, nothing stays mounted after the test.
+        struct Unmount(Vec<PathBuf>);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                for p in &self.0 {
+                    while nix::mount::umount2(p, MntFlags::MNT_DETACH).is_ok() {}
+                }
+            }
+        }
+        let _guard = Unmount(vec![left.clone(), outside.clone()]);
+        // Two stacked mounts on a scratch name, and one outside reached by a
+        // symlink in the scratch directory: the sweep must not follow it.
+        tmpfs(&left);
+        tmpfs(&left);
+        tmpfs(&outside);
+        std::os::unix::fs::symlink(&outside, scratch.join("m-2-0")).unwrap();
+        let m = SystemMounter {
+            command_timeout: Duration::from_secs(1),
+            scratch_dir: scratch.clone(),
+        };
+        let swept = m.sweep_scratch();
+        let table = m.mounts().unwrap();
+        let still_outside = find(&table, &outside).is_some();
+        assert_eq!(swept, 2);
+        assert!(find(&table, &left).is_none(), "scratch mount left");
+        assert!(!left.exists(), "scratch directory left");
+        assert!(
+            still_outside,
+            "a mount reached through a symlink was removed"
+        );
+        assert!(scratch.join("m-2-0").symlink_metadata().is_ok());
     }
 
     #[test]

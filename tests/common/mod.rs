@@ -12,6 +12,7 @@ use nfs_csi::grpc::csi::v1 as csi;
 use tonic::transport::{Channel, Endpoint};
 
 pub use csi::controller_client::ControllerClient;
+pub use csi::group_controller_client::GroupControllerClient;
 pub use csi::identity_client::IdentityClient;
 pub use csi::node_client::NodeClient;
 
@@ -158,6 +159,10 @@ impl Driver {
 
     pub async fn controller(&self) -> ControllerClient<Channel> {
         ControllerClient::new(self.channel().await)
+    }
+
+    pub async fn group_controller(&self) -> GroupControllerClient<Channel> {
+        GroupControllerClient::new(self.channel().await)
     }
 
     pub async fn node(&self) -> NodeClient<Channel> {

@@ -24,6 +24,7 @@ use controller::{
     CreateVolume, DeleteVolume, ExpandVolume, GetCapacity, ValidateVolumeCapabilities, VolumeId,
 };
 use flags::Page;
+use groups::{CreateGroupSnapshot, GroupSnapshotId};
 use node::{Publish, Stage, Stats, Unpublish, Unstage};
 use snapshots::{CreateSnapshot, DeleteSnapshot, ListSnapshots};
 
@@ -94,6 +95,17 @@ pub enum Rpc {
     DeleteSnapshot(DeleteSnapshot),
     /// Controller ListSnapshots (one page).
     ListSnapshots(ListSnapshots),
+    /// GroupController CreateVolumeGroupSnapshot (call again until ready_to_use).
+    #[command(visible_alias = "create-volume-group-snapshot")]
+    CreateGroupSnapshot(CreateGroupSnapshot),
+    /// GroupController DeleteVolumeGroupSnapshot (the group and every member).
+    #[command(visible_alias = "delete-volume-group-snapshot")]
+    DeleteGroupSnapshot(GroupSnapshotId),
+    /// GroupController GetVolumeGroupSnapshot.
+    #[command(visible_alias = "get-volume-group-snapshot")]
+    GetGroupSnapshot(GroupSnapshotId),
+    /// GroupController GroupControllerGetCapabilities.
+    GroupControllerGetCapabilities,
     /// Identity Probe.
     Probe,
     /// Identity GetPluginInfo.
@@ -184,6 +196,7 @@ macro_rules! pending {
 
 mod controller;
 mod flags;
+mod groups;
 mod identity;
 mod node;
 mod reply;
@@ -213,6 +226,10 @@ fn prepare(rpc: Rpc) -> Result<Pending, Failure> {
         Rpc::CreateSnapshot(a) => snapshots::create_snapshot(a),
         Rpc::DeleteSnapshot(a) => snapshots::delete_snapshot(a),
         Rpc::ListSnapshots(a) => snapshots::list_snapshots(a),
+        Rpc::CreateGroupSnapshot(a) => groups::create_group_snapshot(a),
+        Rpc::DeleteGroupSnapshot(a) => groups::delete_group_snapshot(a),
+        Rpc::GetGroupSnapshot(a) => groups::get_group_snapshot(a),
+        Rpc::GroupControllerGetCapabilities => groups::group_controller_get_capabilities(),
         Rpc::Probe => identity::probe(),
         Rpc::Info => identity::info(),
         Rpc::PluginCapabilities => identity::plugin_capabilities(),
@@ -394,6 +411,26 @@ mod tests {
                 "--max-entries",
                 "1",
             ],
+            &[
+                "create-group-snapshot",
+                "--name",
+                "g",
+                "--source-volume-id",
+                "v",
+                "--source-volume-id",
+                "w",
+                "--parameter",
+                "compressionLevel=3",
+            ],
+            &[
+                "delete-group-snapshot",
+                "--group-snapshot-id",
+                "g",
+                "--snapshot-id",
+                "s",
+            ],
+            &["get-volume-group-snapshot", "--group-snapshot-id", "g"],
+            &["group-controller-get-capabilities"],
             &["probe"],
             &["info"],
             &["plugin-capabilities"],
@@ -407,6 +444,8 @@ mod tests {
             .unwrap_or_else(|e| panic!("{args:?}: {e}"));
             assert!(prepare(cli.call.rpc).is_ok(), "{args:?}");
         }
+        // a group snapshot needs a volume
+        assert!(Cli::try_parse_from(["x", "create-group-snapshot", "--name", "g"]).is_err());
         // one content source only
         assert!(
             Cli::try_parse_from([

@@ -1,5 +1,7 @@
 //! The `snapshot.storage.k8s.io` CustomResourceDefinitions (VolumeSnapshot,
-//! VolumeSnapshotContent, VolumeSnapshotClass) as typed Rust, from which
+//! VolumeSnapshotContent, VolumeSnapshotClass) as typed Rust, and in
+//! [`group`] the `groupsnapshot.storage.k8s.io` ones (VolumeGroupSnapshot,
+//! VolumeGroupSnapshotContent, VolumeGroupSnapshotClass), from which
 //! `nfs-csi crds` generates the YAML committed in `snapshot-crds/`.
 //!
 //! These resources belong to Kubernetes, not to this driver: the upstream
@@ -8,7 +10,8 @@
 //! kinds, names, short names, scope, versions (v1 served and stored, v1beta1
 //! kept but no longer served, so clusters that once stored v1beta1 objects can
 //! still apply these CRDs), fields, required fields, validation rules,
-//! printer columns and status subresource as external-snapshotter v8.
+//! printer columns and status subresource as external-snapshotter v8 (the
+//! group kinds: as v8.6.0, see [`group`]).
 //! `tests/deploy.rs` checks the committed files against [`yaml`] and the
 //! examples against the schemas.
 //!
@@ -77,9 +80,13 @@ pub mod v1;
 
 pub mod v1beta1;
 
-/// The three CRDs, each with its v1 (served, stored) and v1beta1 (neither)
-/// versions, in a fixed order: VolumeSnapshotClass, VolumeSnapshotContent,
-/// VolumeSnapshot.
+pub mod group;
+
+/// The six CRDs, in a fixed order: VolumeSnapshotClass,
+/// VolumeSnapshotContent, VolumeSnapshot, each with its v1 (served, stored)
+/// and v1beta1 (neither) versions; then VolumeGroupSnapshotClass,
+/// VolumeGroupSnapshotContent, VolumeGroupSnapshot, each with the versions
+/// of [`group`].
 pub fn crds() -> Vec<CustomResourceDefinition> {
     let merge = |v1: CustomResourceDefinition, v1beta1: CustomResourceDefinition| {
         let mut crd = merge_crds(vec![v1, v1beta1], "v1").expect("the versions of one kind merge");
@@ -97,6 +104,12 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         ),
         merge(v1::VolumeSnapshot::crd(), v1beta1::VolumeSnapshot::crd()),
     ]
+    .into_iter()
+    .chain(group::crds().into_iter().map(|mut crd| {
+        finish(&mut crd);
+        crd
+    }))
+    .collect()
 }
 
 /// Brings what the derive produces to the form of the upstream CRDs.
@@ -125,9 +138,10 @@ fn finish(crd: &mut CustomResourceDefinition) {
             let props = schema.properties.get_or_insert_with(BTreeMap::new);
             props.insert(
                 "apiVersion".into(),
-                string_prop(
-                    "The versioned schema of this object, e.g. snapshot.storage.k8s.io/v1.",
-                ),
+                string_prop(&format!(
+                    "The versioned schema of this object, e.g. {}/v1.",
+                    crd.spec.group
+                )),
             );
             props.insert(
                 "kind".into(),
