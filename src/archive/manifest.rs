@@ -163,7 +163,18 @@ impl Store {
         Ok(State::Absent)
     }
 
+    /// Writes the job record. Refused in a tombstoned directory: its
+    /// archive is a later snapshot's parent and must not be replaced.
     pub fn start(&self, job: &Job) -> Result<()> {
+        if self.deleted()? {
+            return Err(Error::Io {
+                what: format!(
+                    "start snapshot {}: the name is held by a deleted snapshot whose archive later snapshots need",
+                    crate::sys::text::quote(&job.name)
+                ),
+                source: std::io::ErrorKind::AlreadyExists.into(),
+            });
+        }
         let bytes = serde_json::to_vec_pretty(job).map_err(|e| Error::BadJson(JOB.into(), e))?;
         self.dir.write_atomic(JOB, &bytes)?;
         Ok(())
