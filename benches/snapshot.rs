@@ -547,6 +547,7 @@ async fn main() {
     let changed = change(&vol, data, 0);
     drop_caches();
     let (ours_inc, inc) = snapshot(&mut c, &src.volume_id, "bench-inc1").await;
+    let rss_inc1 = peak_rss_kib(pid);
     let inc_m = manifest(&share, "bench-inc1");
     let inc_size = inc_m["archive_bytes"].as_u64().unwrap_or(0);
     let inc_listing = inc_m["stored"]["bytes"].as_u64().unwrap_or(0);
@@ -578,10 +579,10 @@ async fn main() {
     let chain = manifest(&share, "bench-inc7")["chain"]
         .as_u64()
         .unwrap_or(0);
-    let rss_inc = peak_rss_kib(pid);
     drop_caches();
     let ours_chain_restore =
         restore(&mut c, &share, "bench-restore-inc7", &newest.snapshot_id).await;
+    let rss_inc = peak_rss_kib(pid);
 
     println!();
     row("snapshot", ours_snap, base_czf, "tar -czf", data, ">= 5x");
@@ -636,7 +637,8 @@ async fn main() {
         ours_restore.as_secs_f64()
     );
     println!(
-        "incr RSS   driver peak after 8 snapshots of the chain {:.1} MiB (target < 64 MiB)",
+        "incr RSS   driver peak after the first incremental snapshot {:.1} MiB, after 8 snapshots and 2 restores of the chain {:.1} MiB (target < 64 MiB)",
+        rss_inc1 as f64 / 1024.0,
         rss_inc as f64 / 1024.0
     );
     let inc_ok = rss_inc < 64 * 1024

@@ -98,7 +98,11 @@ pub struct Writer<W: Write> {
 impl<W: Write> Writer<W> {
     pub fn new(out: W) -> Result<Writer<W>> {
         let hashing = super::write::Hashing::new(out);
+        // A small window: the index is small, and the archive's own
+        // encoder runs at the same time.
         let mut enc = zstd::stream::write::Encoder::new(hashing, 3).map_err(super::ioe("zstd"))?;
+        enc.set_parameter(zstd::stream::raw::CParameter::WindowLog(18))
+            .map_err(super::ioe("zstd window"))?;
         enc.write_all(MAGIC).map_err(super::ioe("write index"))?;
         Ok(Writer { enc })
     }
