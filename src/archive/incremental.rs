@@ -16,7 +16,7 @@
 
 use nix::sys::stat::FileStat;
 
-use super::index::{Rec, kind_byte};
+use super::index::Rec;
 use super::tree::{self, Kind};
 use super::{Error, Result};
 
@@ -37,14 +37,7 @@ pub fn changed(old: Option<&Rec>, st: &FileStat) -> bool {
     if k == Kind::File && st.st_nlink > 1 {
         return true;
     }
-    old.kind != kind_byte(k)
-        || old.ino != st.st_ino
-        || old.size != st.st_size
-        || old.mtime != (st.st_mtime, st.st_mtime_nsec)
-        || old.ctime != (st.st_ctime, st.st_ctime_nsec)
-        || old.mode != st.st_mode
-        || old.uid != st.st_uid
-        || old.gid != st.st_gid
+    !old.same(&Rec::from_stat(&old.name, st))
 }
 
 /// Appends one dumpdir record.

@@ -59,6 +59,19 @@ pub fn kind_byte(k: Kind) -> u8 {
 }
 
 impl Rec {
+    /// The same entry, unchanged, by what tells a change (everything but
+    /// the name and the link count; a link count changes the ctime).
+    pub fn same(&self, other: &Rec) -> bool {
+        self.kind == other.kind
+            && self.ino == other.ino
+            && self.size == other.size
+            && self.mtime == other.mtime
+            && self.ctime == other.ctime
+            && self.mode == other.mode
+            && self.uid == other.uid
+            && self.gid == other.gid
+    }
+
     pub fn from_stat(name: &[u8], st: &FileStat) -> Rec {
         Rec {
             name: name.to_vec(),
@@ -225,7 +238,7 @@ impl Reader {
         Ok(())
     }
 
-    fn next_rec(&mut self) -> Result<Option<Rec>> {
+    pub fn next_rec(&mut self) -> Result<Option<Rec>> {
         if self.left == 0 {
             return Ok(None);
         }
@@ -304,6 +317,25 @@ impl Reader {
     }
 }
 
+/// The index in a snapshot's directory, checked against `info` (its
+/// manifest's record of it).
+pub(super) fn open_index(
+    dir: &crate::sys::safefs::DirFd,
+    info: &super::IndexInfo,
+) -> Result<Reader> {
+    let fd = openat(
+        dir.fd(),
+        INDEX,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Io {
+        what: format!("open {}", dir.path().join(INDEX).display()),
+        source: e.into(),
+    })?;
+    Reader::open(File::from(fd), info.bytes, &info.sha256)
+}
+
 /// The parent's index, checked against its manifest; `None` (logged) when
 /// it cannot be used, and the archive is then written in full.
 pub(super) fn parent_index(store: &Store, job: &Job) -> Option<Reader> {
@@ -325,17 +357,7 @@ pub(super) fn parent_index(store: &Store, job: &Job) -> Option<Reader> {
         if m.source_volume_id != job.source_volume_id {
             return Ok(None);
         }
-        let fd = openat(
-            parent.dir.fd(),
-            INDEX,
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
-            Mode::empty(),
-        )
-        .map_err(|e| Error::Io {
-            what: format!("open {}", parent.dir.path().join(INDEX).display()),
-            source: e.into(),
-        })?;
-        Reader::open(File::from(fd), info.bytes, &info.sha256).map(Some)
+        open_index(&parent.dir, info).map(Some)
     };
     match open() {
         Ok(Some(r)) => Some(r),
@@ -346,6 +368,135 @@ pub(super) fn parent_index(store: &Store, job: &Job) -> Option<Reader> {
         Err(e) => {
             tracing::warn!(snapshot = %job.name, parent = %key, error = %e, "parent snapshot's index unusable; archiving in full");
             None
+        }
+    }
+}
+
+/// Most entries of one directory a [`Lookup`] holds; past it, the lookup
+/// gives up (and the restore writes every entry, as without it).
+const LOOKUP_MAX: usize = 1 << 16;
+
+/// What an index says of a path.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Seen<'a> {
+    Found(&'a Rec),
+    /// Its directory was looked up: the path is not there.
+    Absent,
+    /// Not known (its directory was not entered, or the lookup gave up).
+    Unknown,
+}
+
+/// An index read alongside an archive: the records of the directories
+/// enclosing the current entry (a stack, like the walk's).
+pub struct Lookup {
+    reader: Reader,
+    /// (directory path, its records if the index has it), outermost first.
+    stack: Vec<(Vec<u8>, Option<Vec<Rec>>)>,
+    failed: bool,
+}
+
+impl Lookup {
+    pub fn new(reader: Reader) -> Lookup {
+        Lookup {
+            reader,
+            stack: Vec::new(),
+            failed: false,
+        }
+    }
+
+    /// The archive reached the directory `dir` (a normalized path; the
+    /// root is empty): its records are read, the directories that do not
+    /// hold it are left.
+    pub fn enter(&mut self, dir: &[u8]) {
+        if self.failed {
+            return;
+        }
+        while let Some((top, _)) = self.stack.last() {
+            let inside = top.is_empty()
+                || (dir.len() > top.len() && dir.starts_with(top) && dir[top.len()] == b'/');
+            if inside {
+                break;
+            }
+            self.stack.pop();
+        }
+        let recs = (|| -> Result<Option<Vec<Rec>>> {
+            if !self.reader.seek_dir(dir)? {
+                return Ok(None);
+            }
+            let mut out = Vec::new();
+            while let Some(r) = self.reader.next_rec()? {
+                if out.len() >= LOOKUP_MAX {
+                    return Err(corrupt("a directory too large to look up"));
+                }
+                out.push(r);
+            }
+            Ok(Some(out))
+        })();
+        match recs {
+            Ok(recs) => self.stack.push((dir.to_vec(), recs)),
+            Err(e) => {
+                tracing::debug!(error = %e, "index lookup given up");
+                self.failed = true;
+                self.stack.clear();
+            }
+        }
+    }
+
+    /// What the index says of `path` (normalized), if its directory is
+    /// one of those entered and still open.
+    pub fn get(&self, path: &[u8]) -> Seen<'_> {
+        let (dir, name) = match path.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&path[..i], &path[i + 1..]),
+            None => (&b""[..], path),
+        };
+        // The archive may come back to a directory after a subdirectory:
+        // any open one (they are the path's ancestors) may hold it.
+        match self
+            .stack
+            .iter()
+            .rev()
+            .find(|(top, _)| top.as_slice() == dir)
+        {
+            Some((_, recs)) => match recs {
+                None => Seen::Absent,
+                Some(recs) => match recs.binary_search_by(|r| r.name.as_slice().cmp(name)) {
+                    Ok(i) => Seen::Found(&recs[i]),
+                    Err(_) => Seen::Absent,
+                },
+            },
+            _ => Seen::Unknown,
+        }
+    }
+}
+
+/// For the earlier archives of a chain: whether an entry is superseded,
+/// that is, not the version the restored snapshot holds (a later archive
+/// stores it again, or it is gone by then), so its write can be skipped.
+/// Only when both indexes are sure: the entry's own snapshot recorded it
+/// (one link, not a directory), and the restored snapshot recorded it
+/// otherwise, or its directory without it.
+pub struct Superseded {
+    pub own: Lookup,
+    pub last: Lookup,
+}
+
+impl Superseded {
+    pub fn enter(&mut self, dir: &[u8]) {
+        self.own.enter(dir);
+        self.last.enter(dir);
+    }
+
+    pub fn skip(&self, path: &[u8]) -> bool {
+        let Seen::Found(own) = self.own.get(path) else {
+            return false;
+        };
+        if own.kind == b'd' || own.nlink > 1 {
+            return false;
+        }
+        match self.last.get(path) {
+            Seen::Found(last) => !last.same(own),
+            Seen::Absent => true,
+            Seen::Unknown => false,
         }
     }
 }

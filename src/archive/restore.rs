@@ -11,7 +11,7 @@ use nix::sys::stat::Mode;
 use sha2::{Digest, Sha256};
 
 use super::tree::{self, Dest, Kind};
-use super::{ARCHIVE, Error, Manifest, READ_BUF, Result, Store, incremental, ioe, reader};
+use super::{ARCHIVE, Error, Manifest, READ_BUF, Result, Store, incremental, index, ioe, reader};
 use crate::sys::safefs::DirFd;
 
 /// Largest zstd window a restore accepts (2^24 = 16 MiB; level 19, the
@@ -122,7 +122,14 @@ pub fn restore(
             if opts.capacity > 0 && i < last {
                 opts.capacity = opts.capacity.max(m.size_bytes);
             }
-            let (a, b) = extract_checked(file, path, m, root.try_clone()?, opts, cancel)?;
+            // Earlier archives skip what the restored snapshot holds in
+            // another version (or not at all), where both indexes say so.
+            let skip = if i < last {
+                superseded(&chain[i], &chain[last])
+            } else {
+                None
+            };
+            let (a, b) = extract_checked(file, path, m, root.try_clone()?, opts, skip, cancel)?;
             n += a;
             bytes += b;
         }
@@ -134,6 +141,25 @@ pub fn restore(
         tracing::error!(error = %e, "cannot remove what a failed restore wrote");
     }
     res
+}
+
+/// The filter of an earlier archive of a chain against the last one:
+/// `None` (every entry written) when either index is missing or unusable.
+fn superseded(own: &(DirFd, Manifest), last: &(DirFd, Manifest)) -> Option<index::Superseded> {
+    let open = |(dir, m): &(DirFd, Manifest)| {
+        let info = m.index.as_ref()?;
+        match index::open_index(dir, info) {
+            Ok(r) => Some(index::Lookup::new(r)),
+            Err(e) => {
+                tracing::debug!(snapshot = %m.name, error = %e, "index not used by the restore");
+                None
+            }
+        }
+    };
+    Some(index::Superseded {
+        own: open(own)?,
+        last: open(last)?,
+    })
 }
 
 /// Opens the archive in `dir` and checks its size and SHA-256 against
@@ -186,6 +212,7 @@ fn extract_checked(
     manifest: &Manifest,
     dest: DirFd,
     opts: RestoreOptions,
+    skip: Option<index::Superseded>,
     cancel: &AtomicBool,
 ) -> Result<(u64, u64)> {
     use std::io::{Seek, SeekFrom};
@@ -202,9 +229,10 @@ fn extract_checked(
         .window_log_max(WINDOW_LOG_MAX)
         .map_err(ioe("zstd window"))?;
     let (bytes, entries) = restore_limits(manifest, opts.capacity);
-    let out = extract(
+    let out = extract_filtered(
         &mut decoder,
         Dest::new(dest, opts.policy).limits(bytes, entries),
+        skip,
         cancel,
     )?;
     // The rest of the file, raw (whatever follows the tar stream is not
@@ -235,7 +263,18 @@ pub fn empty_dir(dir: &DirFd) -> Result<()> {
 /// limits (stored data too, so skipped entries cannot stream unbounded
 /// data), and `cancel` is checked between entries and every few MiB inside
 /// them. Blocking.
-pub fn extract(src: &mut dyn Read, mut dest: Dest, cancel: &AtomicBool) -> Result<(u64, u64)> {
+pub fn extract(src: &mut dyn Read, dest: Dest, cancel: &AtomicBool) -> Result<(u64, u64)> {
+    extract_filtered(src, dest, None, cancel)
+}
+
+/// [`extract`], leaving out the entries `skip` says are superseded (their
+/// data is read past, not written).
+fn extract_filtered(
+    src: &mut dyn Read,
+    mut dest: Dest,
+    mut skip: Option<index::Superseded>,
+    cancel: &AtomicBool,
+) -> Result<(u64, u64)> {
     use std::io::{Seek, SeekFrom};
     let cancelled = || cancel.load(Ordering::Relaxed);
     let mut archive = reader::Reader::new(src);
@@ -280,6 +319,15 @@ pub fn extract(src: &mut dyn Read, mut dest: Dest, cancel: &AtomicBool) -> Resul
             })
         };
         use tar::EntryType as T;
+        if let Some(f) = skip.as_mut() {
+            let is_dir = e.kind == T::Directory || e.kind.as_byte() == incremental::DUMPDIR;
+            let norm = tree::components(path)?.join(&b'/');
+            if is_dir {
+                f.enter(&norm);
+            } else if e.kind != T::Link && f.skip(&norm) {
+                continue;
+            }
+        }
         match e.kind {
             T::Directory => dest.dir(path, e.meta.clone())?,
             k if k.as_byte() == incremental::DUMPDIR => {
