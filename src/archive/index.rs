@@ -372,8 +372,9 @@ pub(super) fn parent_index(store: &Store, job: &Job) -> Option<Reader> {
     }
 }
 
-/// Most entries of one directory a [`Lookup`] holds; past it, the lookup
-/// gives up (and the restore writes every entry, as without it).
+/// Most records a [`Lookup`] holds (the open directories' together); past
+/// it, the lookup gives up (and the restore writes every entry, as
+/// without it).
 const LOOKUP_MAX: usize = 1 << 16;
 
 /// What an index says of a path.
@@ -419,13 +420,19 @@ impl Lookup {
             }
             self.stack.pop();
         }
+        // What the open directories hold already counts against the bound.
+        let held: usize = self
+            .stack
+            .iter()
+            .map(|(_, r)| r.as_ref().map_or(0, Vec::len))
+            .sum();
         let recs = (|| -> Result<Option<Vec<Rec>>> {
             if !self.reader.seek_dir(dir)? {
                 return Ok(None);
             }
             let mut out = Vec::new();
             while let Some(r) = self.reader.next_rec()? {
-                if out.len() >= LOOKUP_MAX {
+                if held + out.len() >= LOOKUP_MAX {
                     return Err(corrupt("a directory too large to look up"));
                 }
                 out.push(r);
@@ -572,5 +579,74 @@ mod tests {
             Reader::open(open(), len, &sha),
             Err(Error::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn superseded_entries_are_skipped_only_when_both_indexes_are_sure() {
+        let rec = |n: &str, ino, nlink| Rec {
+            name: n.as_bytes().to_vec(),
+            kind: b'f',
+            ino,
+            size: 1,
+            mtime: (2, 3),
+            ctime: (4, 5),
+            mode: 0o100644,
+            uid: 6,
+            gid: 7,
+            nlink,
+        };
+        let t = tempfile::tempdir().unwrap();
+        let write = |name: &str, blocks: &[(&[u8], Vec<Rec>)]| {
+            let mut w = Writer::new(Vec::new()).unwrap();
+            for (path, recs) in blocks {
+                w.block(path, recs.clone().into_iter()).unwrap();
+            }
+            let (bytes, len, sha) = w.finish().unwrap();
+            std::fs::write(t.path().join(name), &bytes).unwrap();
+            let f = File::open(t.path().join(name)).unwrap();
+            Lookup::new(Reader::open(f, len, &sha).unwrap())
+        };
+        // then: kept, changed, gone, linked; a/x in a directory gone later
+        let own = write(
+            "own",
+            &[
+                (
+                    b"",
+                    vec![
+                        rec("a", 9, 1),
+                        rec("changed", 2, 1),
+                        rec("gone", 3, 1),
+                        rec("kept", 1, 1),
+                        rec("linked", 4, 2),
+                    ],
+                ),
+                (b"a", vec![rec("x", 5, 1)]),
+            ],
+        );
+        let last = write(
+            "last",
+            &[(
+                b"",
+                vec![
+                    rec("changed", 22, 1),
+                    rec("kept", 1, 1),
+                    rec("linked", 44, 2),
+                ],
+            )],
+        );
+        let mut s = Superseded { own, last };
+        // before any directory is entered: unknown, nothing skipped
+        assert!(!s.skip(b"changed"));
+        s.enter(b"");
+        assert!(!s.skip(b"kept"));
+        assert!(s.skip(b"changed"));
+        assert!(s.skip(b"gone"));
+        assert!(!s.skip(b"linked"), "hard-linked files are always written");
+        assert!(!s.skip(b"new"), "not in its own index");
+        s.enter(b"a");
+        assert!(s.skip(b"a/x"), "its directory is gone at the end");
+        // back in the root after the subdirectory
+        assert!(s.skip(b"gone"));
+        assert!(!s.skip(b"b/y"), "a directory never entered: unknown");
     }
 }
