@@ -370,6 +370,11 @@ struct Rig {
 
 impl Rig {
     fn new(scenario: &str, nfs: Nfs) -> Rig {
+        Rig::on_export(scenario, nfs, PathBuf::from(env("NFS_EXPORT")))
+    }
+
+    /// A rig whose volumes go on `export` (the server's path of an export).
+    fn on_export(scenario: &str, nfs: Nfs, export: PathBuf) -> Rig {
         let name = format!("{scenario}_{}", nfs.tag());
         let mk = |base: &str| {
             std::fs::create_dir_all(base).expect("create base dir");
@@ -382,7 +387,7 @@ impl Rig {
         let rig = Rig {
             nfs,
             server: env("NFS_SERVER"),
-            export: PathBuf::from(env("NFS_EXPORT")),
+            export,
             scratch: mk("/tmp/e2e-nfs"),
             kubelet: mk("/var/lib/kubelet-e2e"),
             name,

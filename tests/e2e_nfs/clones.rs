@@ -84,11 +84,12 @@ async fn clone_on_server(nfs: Nfs, reflink: bool) {
     } else {
         "clone_copy"
     };
-    let mut rig = Rig::new(scenario, nfs);
-    if reflink {
-        rig.export = PathBuf::from(env("NFS_REFLINK_EXPORT"));
-        rig.say(format!("on the reflink export {}", rig.export.display()));
-    }
+    let export = env(if reflink {
+        "NFS_REFLINK_EXPORT"
+    } else {
+        "NFS_EXPORT"
+    });
+    let mut rig = Rig::on_export(scenario, nfs, PathBuf::from(export));
     rig.add_controller().await;
     let tag = nfs.tag();
     let src_name = format!("pvc-e2e-{scenario}-{tag}-src");
