@@ -228,3 +228,73 @@ fn extents_follow_the_data() {
         vec![(0, DENSE as i64)]
     );
 }
+
+/// On XFS with reflinks (a loop device, root and xfsprogs needed), every
+/// file is a reflink: nothing else is called.
+#[test]
+fn on_xfs_with_reflinks_every_file_is_a_reflink() {
+    let name = "on_xfs_with_reflinks_every_file_is_a_reflink";
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIPPED {name}: needs root (mounts an XFS loop device)");
+        return;
+    }
+    let Some(mkfs) = ["/usr/sbin/mkfs.xfs", "/sbin/mkfs.xfs"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        eprintln!("SKIPPED {name}: no mkfs.xfs (xfsprogs; tests/e2e/nfsvm --install installs it)");
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (img, mnt) = (t.path().join("xfs.img"), t.path().join("mnt"));
+    File::create(&img).unwrap().set_len(512 * MIB).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    let run = |prog: &str, args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(prog)
+            .args(args)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if !run(
+        mkfs,
+        &[
+            "-q".as_ref(),
+            "-m".as_ref(),
+            "reflink=1".as_ref(),
+            img.as_os_str(),
+        ],
+    ) {
+        eprintln!("SKIPPED {name}: mkfs.xfs -m reflink=1 failed");
+        return;
+    }
+    if !run(
+        "mount",
+        &[
+            "-o".as_ref(),
+            "loop".as_ref(),
+            img.as_os_str(),
+            mnt.as_os_str(),
+        ],
+    ) {
+        eprintln!("SKIPPED {name}: cannot mount an XFS loop device here");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    let (src, dst) = (mnt.join("src"), mnt.join("dst"));
+    source(&src);
+    let (res, how) = clone_into(&src, &dst, &Calls::REAL);
+    res.unwrap();
+    assert_copied(&src, &dst);
+    assert_eq!(
+        (n(&how.reflinked), n(&how.ranged), n(&how.read_write)),
+        (3, 0, 0),
+        "{how:?}"
+    );
+}
