@@ -14,7 +14,11 @@
 //!    ENOSYS, EINVAL: across filesystems, old kernels), whole zero pages
 //!    skipped so that holes stay holes. A sparse file on a filesystem that
 //!    reports no holes (NFSv3 and v4.1 have no SEEK) goes this way too: a
-//!    blind copy_file_range would fill its holes with zeros.
+//!    blind copy_file_range would fill its holes with zeros. Such a file
+//!    looks like one extent taking less room than its size, as a
+//!    compressed file (ZFS, btrfs) does on a filesystem that does report
+//!    holes; the new file, extended to the size, tells them apart: where
+//!    holes are reported, SEEK_DATA finds no data in it.
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -68,6 +72,7 @@ pub(crate) struct Copied {
 type Ficlone = dyn Fn(&File, &File) -> nix::Result<()> + Sync;
 type CopyRange = dyn Fn(&File, i64, &File, i64, usize) -> nix::Result<usize> + Sync;
 type Extents = dyn Fn(&File, i64) -> std::io::Result<Vec<(i64, i64)>> + Sync;
+type Holes = dyn Fn(&File, i64) -> bool + Sync;
 
 /// The kernel calls a file's copy is made of; tests replace them with fakes
 /// that refuse, to drive the fallbacks.
@@ -78,6 +83,9 @@ pub(crate) struct Calls<'a> {
     pub copy_range: &'a CopyRange,
     /// The data extents of a file of the size given.
     pub extents: &'a Extents,
+    /// Whether the filesystem of a new, empty file reports holes (the file
+    /// is extended to the size given).
+    pub reports_holes: &'a Holes,
 }
 
 impl Calls<'static> {
@@ -85,6 +93,7 @@ impl Calls<'static> {
         ficlone: &ficlone,
         copy_range: &copy_range,
         extents: &extents,
+        reports_holes: &reports_holes,
     };
 }
 
@@ -215,9 +224,11 @@ fn copy_data(
     }
     let extents = (calls.extents)(src, size)?;
     // One extent over the whole of a file that takes less room than its
-    // size: the filesystem does not tell its holes; find them by reading.
+    // size: compressed, or on a filesystem that does not tell its holes;
+    // then find them by reading.
     let blind = matches!(extents.as_slice(), [(0, end)] if *end == size)
-        && st.st_blocks.saturating_mul(512) < size;
+        && st.st_blocks.saturating_mul(512) < size
+        && !(calls.reports_holes)(dst, size);
     let mut ranged = !blind;
     for (start, end) in extents {
         let mut pos = start;
@@ -278,6 +289,14 @@ fn extents(src: &File, size: i64) -> std::io::Result<Vec<(i64, i64)>> {
         off = end;
     }
     Ok(out)
+}
+
+/// Whether `dst`'s filesystem reports holes: `dst` (new and empty) is
+/// extended to `size`, one hole where holes are reported, so SEEK_DATA
+/// finds no data (ENXIO); elsewhere the whole file reads as data.
+fn reports_holes(dst: &File, size: i64) -> bool {
+    nix::unistd::ftruncate(dst.as_fd(), size).is_ok()
+        && matches!(lseek(dst.as_fd(), 0, Whence::SeekData), Err(Errno::ENXIO))
 }
 
 fn ficlone(src: &File, dst: &File) -> nix::Result<()> {

@@ -124,6 +124,7 @@ fn a_refused_copy_file_range_falls_back_to_read_write_where_it_stopped() {
             ficlone: &refuse_ficlone,
             copy_range: &range,
             extents: &extents,
+            reports_holes: &reports_holes,
         };
         let (res, how) = clone_into(&src, &dst, &calls);
         res.unwrap();
@@ -144,16 +145,60 @@ fn a_sparse_file_whose_holes_are_not_reported_is_read_for_them() {
     source(&src);
     // as on NFSv3 or v4.1 (no SEEK): one extent, the whole file
     let blind = |_: &File, size: i64| Ok(vec![(0, size)]);
+    let no_holes = |_: &File, _: i64| false;
     let calls = Calls {
         ficlone: &refuse_ficlone,
         copy_range: &copy_range,
         extents: &blind,
+        reports_holes: &no_holes,
     };
     let (res, how) = clone_into(&src, &dst, &calls);
     res.unwrap();
     assert_copied(&src, &dst);
     assert_eq!(n(&how.ranged), DENSE + SMALL.len() as u64, "{how:?}");
     assert_eq!(n(&how.read_write), SPARSE, "{how:?}");
+}
+
+#[test]
+fn a_file_in_one_extent_smaller_than_its_size_where_holes_are_reported_is_ranged() {
+    // as a compressed file (ZFS, btrfs) over NFSv4.2: one extent, fewer
+    // blocks than its size, on a filesystem that reports holes: copy_file_range
+    // (a server-side COPY), not read/write
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    source(&src);
+    let one = |_: &File, size: i64| Ok(vec![(0, size)]);
+    let calls = Calls {
+        ficlone: &refuse_ficlone,
+        copy_range: &copy_range,
+        extents: &one,
+        reports_holes: &reports_holes,
+    };
+    let (res, how) = clone_into(&src, &dst, &calls);
+    res.unwrap();
+    for f in ["dense", "sparse", "dir/small"] {
+        assert!(std::fs::read(src.join(f)).unwrap() == std::fs::read(dst.join(f)).unwrap());
+    }
+    assert_eq!(n(&how.read_write), 0, "{how:?}");
+    assert_eq!(
+        n(&how.ranged),
+        DENSE + SPARSE + SMALL.len() as u64,
+        "{how:?}"
+    );
+}
+
+#[test]
+fn holes_are_reported_here_and_the_probe_leaves_the_size() {
+    let t = tempfile::tempdir().unwrap();
+    let f = File::options()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(t.path().join("probe"))
+        .unwrap();
+    // ext4, tmpfs, XFS, btrfs all report holes
+    assert!(reports_holes(&f, 8 * MIB as i64));
+    assert_eq!(f.metadata().unwrap().len(), 8 * MIB);
 }
 
 #[test]
@@ -175,6 +220,7 @@ fn a_reflink_copies_the_whole_file_and_nothing_else_runs() {
         ficlone: &reflink,
         copy_range: &refuse,
         extents: &extents,
+        reports_holes: &reports_holes,
     };
     let (res, how) = clone_into(&src, &dst, &calls);
     res.unwrap();
@@ -197,6 +243,7 @@ fn other_copy_errors_fail_the_clone_with_the_path() {
         ficlone: &refuse_ficlone,
         copy_range: &broken,
         extents: &extents,
+        reports_holes: &reports_holes,
     };
     let (res, _) = clone_into(&src, &dst, &calls);
     match res {
