@@ -1,6 +1,6 @@
 //! End to end on real kernel NFS: the real driver binary, driven through its
 //! socket as Kubernetes would, against a real knfsd and the real kernel NFS
-//! client, for NFSv3 and NFSv4.1 (every scenario runs once per version, the
+//! client, for NFSv3, NFSv4.1 and NFSv4.2 (every scenario runs once per version, the
 //! version chosen by the volume capability's `nfsvers=` mount flag, as a
 //! StorageClass's `mountOptions` would).
 //!
@@ -22,7 +22,7 @@
 //! timeouts are shortened by flags (`--stats-timeout 2 --fs-timeout 5
 //! --mount-timeout 15`) so the fault tests run in seconds.
 //!
-//! Scenarios (each `_v3` and `_v41`):
+//! Scenarios (each `_v3`, `_v41` and `_v42`):
 //! * `provision`: CreateVolume/DeleteVolume, subDir templates, onDelete,
 //!   the controller's single kept mount of the export (also across a crash);
 //! * `kubelet_two_nodes`: stage on two nodes, three pods (one read-only),
@@ -33,6 +33,12 @@
 //! * `driver_crashes`: SIGKILL + restart of every driver between every step;
 //! * `export_outages`: the export withdrawn and back, the controller's mount
 //!   removed behind its back, nfsd stopped and back: the controller copes.
+//!
+//! And `clones.rs`'s `clone_reflink_v42`, `clone_copy_v42`,
+//! `clone_reflink_v41`: a clone's data stays on the server over NFSv4.2
+//! (CLONE on the reflink export `$NFS_REFLINK_EXPORT`, COPY on the plain
+//! one), counted in `/proc/self/mountstats`; over v4.1 it goes through
+//! READ/WRITE.
 //!
 //! Every NFS mount here is a default (hard) mount: that is what production
 //! uses, and what makes a stopped server hang every call that reaches it,
@@ -49,7 +55,11 @@
 //! recursing into a mount). Driver logs are copied to
 //! `target/nfsvm/e2e-logs/<test>/` and their tails printed when a test fails.
 
+#[path = "e2e_nfs/clones.rs"]
+mod clones;
 mod common;
+#[path = "e2e_nfs/mountstats.rs"]
+mod mountstats;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -99,6 +109,7 @@ const EXPORT_OPTIONS: &str = "rw,sync,no_subtree_check,no_root_squash,insecure,f
 enum Nfs {
     V3,
     V41,
+    V42,
 }
 
 impl Nfs {
@@ -107,13 +118,14 @@ impl Nfs {
         match self {
             Nfs::V3 => "nfsvers=3",
             Nfs::V41 => "nfsvers=4.1",
+            Nfs::V42 => "nfsvers=4.2",
         }
     }
     /// What /proc/self/mountinfo shows as the file system type.
     fn fstype(self) -> &'static str {
         match self {
             Nfs::V3 => "nfs",
-            Nfs::V41 => "nfs4",
+            Nfs::V41 | Nfs::V42 => "nfs4",
         }
     }
     /// The super option the kernel shows for the version.
@@ -121,12 +133,14 @@ impl Nfs {
         match self {
             Nfs::V3 => "vers=3",
             Nfs::V41 => "vers=4.1",
+            Nfs::V42 => "vers=4.2",
         }
     }
     fn tag(self) -> &'static str {
         match self {
             Nfs::V3 => "v3",
             Nfs::V41 => "v41",
+            Nfs::V42 => "v42",
         }
     }
 }
@@ -356,6 +370,11 @@ struct Rig {
 
 impl Rig {
     fn new(scenario: &str, nfs: Nfs) -> Rig {
+        Rig::on_export(scenario, nfs, PathBuf::from(env("NFS_EXPORT")))
+    }
+
+    /// A rig whose volumes go on `export` (the server's path of an export).
+    fn on_export(scenario: &str, nfs: Nfs, export: PathBuf) -> Rig {
         let name = format!("{scenario}_{}", nfs.tag());
         let mk = |base: &str| {
             std::fs::create_dir_all(base).expect("create base dir");
@@ -368,7 +387,7 @@ impl Rig {
         let rig = Rig {
             nfs,
             server: env("NFS_SERVER"),
-            export: PathBuf::from(env("NFS_EXPORT")),
+            export,
             scratch: mk("/tmp/e2e-nfs"),
             kubelet: mk("/var/lib/kubelet-e2e"),
             name,
@@ -1234,6 +1253,13 @@ async fn provision_v41() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provision_v42() {
+    if in_guest("provision_v42") {
+        provision(Nfs::V42).await;
+    }
+}
+
 // ---- scenario 2: kubelet's sequence on two nodes ---------------------------------------------
 
 /// Create, stage on two nodes, three pods (one read-only), RWX data flow,
@@ -1420,6 +1446,13 @@ async fn kubelet_two_nodes_v41() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_two_nodes_v42() {
+    if in_guest("kubelet_two_nodes_v42") {
+        kubelet_two_nodes(Nfs::V42).await;
+    }
+}
+
 // ---- scenario 3: the NFS server stops while volumes are mounted ------------------------------------
 
 /// With volumes staged and published, nfsd stops: stats answer within 5 s
@@ -1555,7 +1588,7 @@ async fn server_stops(nfs: Nfs) {
         err.message()
     ));
     // v3: mount.nfs gives up at once (nfsd is no longer registered with
-    // rpcbind): INTERNAL; v4.1: mount.nfs retries until the driver kills it
+    // rpcbind): INTERNAL; v4.x: mount.nfs retries until the driver kills it
     // at --mount-timeout: UNAVAILABLE. Either way kubelet retries.
     assert!(
         matches!(err.code(), Code::Unavailable | Code::Internal),
@@ -1702,6 +1735,13 @@ async fn server_stops_v41() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_stops_v42() {
+    if in_guest("server_stops_v42") {
+        server_stops(Nfs::V42).await;
+    }
+}
+
 // ---- scenario 4: the driver crashes between every step ----------------------------------------------
 
 /// kubelet's sequence with every driver SIGKILLed and restarted after every
@@ -1818,6 +1858,13 @@ async fn driver_crashes_v3() {
 async fn driver_crashes_v41() {
     if in_guest("driver_crashes_v41") {
         driver_crashes(Nfs::V41).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_crashes_v42() {
+    if in_guest("driver_crashes_v42") {
+        driver_crashes(Nfs::V42).await;
     }
 }
 
@@ -2054,5 +2101,12 @@ async fn export_outages_v3() {
 async fn export_outages_v41() {
     if in_guest("export_outages_v41") {
         export_outages(Nfs::V41).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_outages_v42() {
+    if in_guest("export_outages_v42") {
+        export_outages(Nfs::V42).await;
     }
 }

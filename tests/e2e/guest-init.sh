@@ -82,7 +82,7 @@ rmdir /oldroot
 mkdir -m 1777 /var/tmp
 mkdir -p /var/lib/nfs /var/log /var/cache /run/lock /run/rpcbind /run/rpc_pipefs \
          /var/lib/nfs/sm /var/lib/nfs/sm.bak /var/lib/nfs/nfsdcld /var/lib/nfs/v4recovery \
-         /srv/export /run/nfsvm-mods/lib/modules
+         /srv/export /srv/reflink /run/nfsvm-mods/lib/modules
 ln -s /run /var/run
 up > "$RUN/t_init"
 log "root ready"
@@ -114,6 +114,11 @@ echo 10 > /proc/fs/nfsd/nfsv4gracetime
 chmod 0777 /srv/export
 # fsid=1 (not 0): v3 and v4 see the same paths (/srv/export/...).
 exportfs -o rw,sync,no_subtree_check,no_root_squash,insecure,fsid=1 '*:/srv/export' >>$L 2>&1 || die exportfs
+# The reflink export: XFS (reflink=1, made by nfsvm) on the ubd device, so
+# that NFSv4.2 CLONE/COPY reach a filesystem that shares extents.
+mount -t xfs /dev/ubda /srv/reflink || die "mount -t xfs /dev/ubda /srv/reflink"
+chmod 0777 /srv/reflink
+exportfs -o rw,sync,no_subtree_check,no_root_squash,insecure,fsid=2 '*:/srv/reflink' >>$L 2>&1 || die "exportfs /srv/reflink"
 log "rpcbind, nfsdcld, exportfs done"
 t_nfsd=$(up)
 rpc.nfsd 8 >>$L 2>&1 || die rpc.nfsd
@@ -135,7 +140,7 @@ log "nfsd, statd, mountd started"
 c() { v=$1; echo $(( ${v%.*} * 100 + 1${v#*.} - 100 )); }
 while [ $(( $(c "$(up)") - $(c "$t_nfsd") )) -lt 320 ]; do sleep 0.2; done
 up > "$RUN/t_ready"
-log "NFS server ready: 127.0.0.1:/srv/export"
+log "NFS server ready: 127.0.0.1:/srv/export (tmpfs), 127.0.0.1:/srv/reflink (XFS, reflink=1)"
 
 # What exists before CMD, to find what it leaves behind.
 cut -d' ' -f5 /proc/self/mountinfo > /run/nfsvm.mounts0
