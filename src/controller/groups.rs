@@ -114,22 +114,7 @@ fn run_member(w: MemberWork, threads: u32, gate: &Gate, cancel: &AtomicBool) -> 
         },
         cancel,
     )?;
-    let secs = start.elapsed().as_secs_f64();
-    let metrics = crate::sys::metrics::get();
-    metrics.snapshot_bytes.inc_by(m.size_bytes);
-    metrics.snapshot_archive_bytes.inc_by(m.archive_bytes);
-    metrics.snapshot_seconds.observe(secs);
-    metrics
-        .snapshot_throughput
-        .set(m.size_bytes as f64 / secs.max(1e-6));
-    tracing::info!(
-        snapshot = %m.name,
-        group = %m.group_snapshot_id,
-        bytes = m.size_bytes,
-        files = m.file_count,
-        seconds = secs,
-        "group member snapshot ready"
-    );
+    snapshot_done(&m, start.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -230,6 +215,7 @@ impl ControllerService {
             return Err(Error::GroupSources("an id is empty".into()));
         }
         let (storage, level) = snapshot_params(&req.parameters, self.config.snapshot_level)?;
+        let full_every = incremental_params(&req.parameters)?;
         let mut sources = req.source_volume_ids.clone();
         sources.sort();
         sources.dedup();
@@ -244,10 +230,10 @@ impl ControllerService {
         // The record sits with the archives, or on the first volume's export.
         let gid = GroupSnapshotId::new(on(&vids[0]), &req.name);
         let key = gid.to_string();
-        let fresh: Vec<String> = vids
+        let fresh: Vec<SnapshotId> = vids
             .iter()
             .zip(&sources)
-            .map(|(v, s)| SnapshotId::new(on(v), &member_name(&req.name, s)).to_string())
+            .map(|(v, s)| SnapshotId::new(on(v), &member_name(&req.name, s)))
             .collect();
         let _guard = self.inflight.acquire(&[format!("group:{key}")])?;
         let mut specs: Vec<&ExportSpec> = vids.iter().map(|v| &v.export).collect();
@@ -259,7 +245,7 @@ impl ControllerService {
         let want = GroupRecord {
             name: req.name.clone(),
             source_volume_ids: sources.clone(),
-            snapshot_ids: fresh,
+            snapshot_ids: fresh.iter().map(ToString::to_string).collect(),
             parameters: class_params(&req.parameters),
             level,
             created_unix,
@@ -271,6 +257,16 @@ impl ControllerService {
             .iter()
             .zip(&sources)
             .map(|(v, s)| (roots[&v.export.key()].clone(), v.subdir.clone(), s.clone()))
+            .collect();
+        // A new group's members, to check that no name is held by a
+        // deleted member whose archive later snapshots still need.
+        let held: Vec<(PathBuf, String, String)> = fresh
+            .iter()
+            .zip(&sources)
+            .map(|(m, s)| {
+                let root = roots[&m.export.key()].clone();
+                (root, m.key.clone(), member_name(&req.name, s))
+            })
             .collect();
         let gkey = gid.key.clone();
         // The record first: it fixes the members and the time.
@@ -303,6 +299,11 @@ impl ControllerService {
                     None => return Err(Error::NotFound(id.clone())),
                     Some(r) if !r.populated => return Err(Error::SourceNotReady(id.clone())),
                     Some(_) => {}
+                }
+            }
+            for (root, key, name) in &held {
+                if let Some(store) = Store::open(root, key, false)? {
+                    refuse_tombstoned(&store, name)?;
                 }
             }
             write_group(&groot, &gkey, &want)?;
@@ -351,10 +352,22 @@ impl ControllerService {
         let jobs = offload::run("start group members", fs, move || {
             let mut out = Vec::new();
             for (sid, root, source) in todo {
-                let store = Store::open(&root, &sid.key, true)?
-                    .ok_or(Error::Missing("snapshot directory"))?;
-                let state = store.state()?;
-                if group_of(&state) != k && !matches!(state, State::Absent) {
+                // As CreateSnapshot: incremental against the newest ready
+                // snapshot of the volume in this store, chosen and named in
+                // job.json under the chain lock (a member started before a
+                // crash keeps the parent its job names).
+                let state = start_snapshot(
+                    &root,
+                    &sid.key,
+                    &NewSnapshot {
+                        name: &member_name(&r.name, &source),
+                        source: &source,
+                        level: r.level,
+                        full_every,
+                        group: Some((&k, r.created_unix, r.created_nanos)),
+                    },
+                )?;
+                if group_of(&state) != k {
                     return Err(Error::GroupExists {
                         name: r.name.clone(),
                         reason: format!(
@@ -364,17 +377,8 @@ impl ControllerService {
                     });
                 }
                 match state {
-                    State::Ready(_) => {}
                     State::Pending(job) => out.push((sid, root, job)),
-                    State::Absent => {
-                        let mut job =
-                            archive::Job::new(&member_name(&r.name, &source), &source, r.level);
-                        job.created_unix = r.created_unix;
-                        job.created_nanos = r.created_nanos;
-                        job.group_snapshot_id = k.clone();
-                        store.start(&job)?;
-                        out.push((sid, root, job));
-                    }
+                    State::Ready(_) | State::Absent => {}
                 }
             }
             Ok::<_, Error>(out)

@@ -3,6 +3,7 @@
 //! `crate::archive`).
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::archive::{self, State, Store};
@@ -118,6 +119,89 @@ pub(super) fn snapshot_pending(id: &SnapshotId, j: &archive::Job) -> csi::Snapsh
     }
 }
 
+/// A snapshot to start: what its job record says.
+pub(super) struct NewSnapshot<'a> {
+    pub name: &'a str,
+    pub source: &'a str,
+    pub level: i32,
+    /// `incremental_params`: `Some(fullEvery)` when the archive may be
+    /// incremental against the newest ready snapshot of its volume.
+    pub full_every: Option<u32>,
+    /// A group member: the group's id and creation time (`None`: now).
+    pub group: Option<(&'a str, i64, i32)>,
+}
+
+/// ALREADY_EXISTS when `store` is tombstoned: deleted, but its archive is
+/// still a later snapshot's parent, so the name stays taken until that
+/// one goes. Blocking.
+pub(super) fn refuse_tombstoned(store: &Store, name: &str) -> Result<()> {
+    if !store.deleted()? {
+        return Ok(());
+    }
+    let source = store.manifest()?.map(|m| m.source_volume_id);
+    Err(Error::SnapshotExists {
+        name: name.to_string(),
+        existing: format!(
+            "{} (deleted; kept while later snapshots need its archive)",
+            source.as_deref().unwrap_or("?")
+        ),
+    })
+}
+
+/// The snapshot `key` in the store of `root`: its state, once started
+/// when it was absent (its `job.json` written, naming the parent chosen
+/// by `archive::chain::choose_parent`, both under the chain lock so the
+/// parent cannot go in between). A tombstoned name is ALREADY_EXISTS. The
+/// caller checks that a found snapshot is the one it asked for. Blocking.
+pub(super) fn start_snapshot(root: &Path, key: &str, new: &NewSnapshot) -> Result<State> {
+    let _chain = archive::chain::lock();
+    let store = Store::open(root, key, true)?.ok_or(Error::Missing("snapshot directory"))?;
+    refuse_tombstoned(&store, new.name)?;
+    let state = store.state()?;
+    if !matches!(state, State::Absent) {
+        return Ok(state);
+    }
+    let mut job = archive::Job::new(new.name, new.source, new.level);
+    if let Some((group, secs, nanos)) = new.group {
+        job.group_snapshot_id = group.to_string();
+        job.created_unix = secs;
+        job.created_nanos = nanos;
+    }
+    if let (Some(every), Some(snaps)) = (new.full_every, &store.snaps)
+        && let Some((parent, chain)) = archive::chain::choose_parent(snaps, new.source, every)?
+    {
+        job.parent = Some(parent);
+        job.chain = chain;
+    }
+    store.start(&job)?;
+    Ok(State::Pending(job))
+}
+
+/// A snapshot's archive is complete: its metrics and log line. What it
+/// archived and added to the store (an incremental one: its changes only).
+pub(super) fn snapshot_done(m: &archive::Manifest, secs: f64) {
+    let metrics = crate::sys::metrics::get();
+    let data = m.stored.map_or(m.size_bytes, |s| s.bytes);
+    metrics.snapshot_bytes.inc_by(data);
+    metrics.snapshot_archive_bytes.inc_by(m.added_bytes);
+    metrics.snapshot_seconds.observe(secs);
+    metrics
+        .snapshot_throughput
+        .set(m.size_bytes as f64 / secs.max(1e-6));
+    tracing::info!(
+        snapshot = %m.name,
+        group = %m.group_snapshot_id,
+        bytes = m.size_bytes,
+        archive_bytes = m.archive_bytes,
+        added_bytes = m.added_bytes,
+        parent = m.parent.as_deref().unwrap_or(""),
+        chain = m.chain,
+        files = m.file_count,
+        seconds = secs,
+        "snapshot ready"
+    );
+}
+
 impl ControllerService {
     /// GetSnapshot: the snapshot ListSnapshots gives for this id once its
     /// archive is complete; while it is being written, the same snapshot
@@ -192,24 +276,17 @@ impl ControllerService {
                 }
                 Some(_) => {}
             }
-            // Choosing a parent and naming it in job.json, atomically
-            // against deletions (archive::chain).
-            let _chain = archive::chain::lock();
-            let store =
-                Store::open(&st, &skey, true)?.ok_or(Error::Missing("snapshot directory"))?;
-            if store.deleted()? {
-                // Deleted, but its archive is still a later snapshot's
-                // parent: the name stays taken until that one goes.
-                let source = store.manifest()?.map(|m| m.source_volume_id);
-                return Err(Error::SnapshotExists {
-                    name,
-                    existing: format!(
-                        "{} (deleted; kept while later snapshots need its archive)",
-                        source.as_deref().unwrap_or("?")
-                    ),
-                });
-            }
-            let state = store.state()?;
+            let state = start_snapshot(
+                &st,
+                &skey,
+                &NewSnapshot {
+                    name: &name,
+                    source: &source_id,
+                    level,
+                    full_every,
+                    group: None,
+                },
+            )?;
             let other = match &state {
                 State::Ready(m) => Some(&m.source_volume_id),
                 State::Pending(j) => Some(&j.source_volume_id),
@@ -222,18 +299,6 @@ impl ControllerService {
                     name,
                     existing: existing.clone(),
                 });
-            }
-            if let State::Absent = state {
-                let mut job = archive::Job::new(&name, &source_id, level);
-                if let (Some(every), Some(snaps)) = (full_every, &store.snaps)
-                    && let Some((parent, chain)) =
-                        archive::chain::choose_parent(snaps, &source_id, every)?
-                {
-                    job.parent = Some(parent);
-                    job.chain = chain;
-                }
-                store.start(&job)?;
-                return Ok::<_, Error>(State::Pending(job));
             }
             Ok(state)
         })
@@ -276,28 +341,7 @@ impl ControllerService {
             let start = std::time::Instant::now();
             match run() {
                 Ok(m) => {
-                    let secs = start.elapsed().as_secs_f64();
-                    let metrics = crate::sys::metrics::get();
-                    // What this snapshot archived and added to the store
-                    // (an incremental one: its changes only).
-                    let data = m.stored.map_or(m.size_bytes, |s| s.bytes);
-                    metrics.snapshot_bytes.inc_by(data);
-                    metrics.snapshot_archive_bytes.inc_by(m.added_bytes);
-                    metrics.snapshot_seconds.observe(secs);
-                    metrics
-                        .snapshot_throughput
-                        .set(m.size_bytes as f64 / secs.max(1e-6));
-                    tracing::info!(
-                        snapshot = %m.name,
-                        bytes = m.size_bytes,
-                        archive_bytes = m.archive_bytes,
-                        added_bytes = m.added_bytes,
-                        parent = m.parent.as_deref().unwrap_or(""),
-                        chain = m.chain,
-                        files = m.file_count,
-                        seconds = secs,
-                        "snapshot ready"
-                    );
+                    snapshot_done(&m, start.elapsed().as_secs_f64());
                     Ok(())
                 }
                 Err(e) => Err(crate::sys::text::chain(&e)),
