@@ -3,11 +3,15 @@
 //!
 //! A group is one ordinary snapshot per source volume (an archive exactly
 //! like CreateSnapshot's, restorable on its own, with `group_snapshot_id` in
-//! its job and manifest) and a record on the export that holds the group:
+//! its job and manifest; incremental against the newest ready snapshot of
+//! its volume in its store, chosen by CreateSnapshot's own `start_snapshot`)
+//! and a record on the export that holds the group:
 //! `.nfs-csi/groups/<key>/group.json` (name, sorted sources, member ids,
 //! parameters, creation time). The record is written, atomically, before
 //! any member starts, so the same call after a crash finds the same member
-//! ids and time and starts what is unfinished. The members' jobs are
+//! ids and time and starts what is unfinished (a member started before the
+//! crash keeps the parent its `job.json` names, which deletions keep as a
+//! tombstone meanwhile). The members' jobs are
 //! started together and held at one gate, opened once all are started: every
 //! walk begins at the same moment. A member that fails takes the group with
 //! it (every member and the record deleted, the error's code answered), so
