@@ -6,6 +6,7 @@
 //!     cargo bench --bench snapshot            # ~1 GiB data set
 //!     BENCH_SCALE=0.25 cargo bench --bench snapshot
 //!     BENCH_ONLY=chain cargo bench --bench snapshot   # only the chain restore
+//!     BENCH_STEPS=1 cargo bench --bench snapshot      # with the small chain's restore steps
 //!
 //! The data set lives under target/bench-snapshot and is removed at the end.
 
@@ -712,7 +713,19 @@ async fn main() {
         .as_u64()
         .unwrap_or(0);
     drop_caches();
+    let log = std::fs::read_to_string(top.join("driver.log")).unwrap_or_default();
+    let seen = log.lines().filter(|l| l.contains("restore step")).count();
     let ours_small_restore = restore(&mut c, &share, "bench-restore-small7", &newest_small).await;
+    if std::env::var_os("BENCH_STEPS").is_some() {
+        let log = std::fs::read_to_string(top.join("driver.log")).unwrap_or_default();
+        for l in log
+            .lines()
+            .filter(|l| l.contains("restore step"))
+            .skip(seen)
+        {
+            println!("  {l}");
+        }
+    }
 
     println!();
     row("snapshot", ours_snap, base_czf, "tar -czf", data, ">= 5x");
