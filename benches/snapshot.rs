@@ -5,6 +5,8 @@
 //!
 //!     cargo bench --bench snapshot            # ~1 GiB data set
 //!     BENCH_SCALE=0.25 cargo bench --bench snapshot
+//!     BENCH_ONLY=chain cargo bench --bench snapshot   # only the chain restore
+//!     BENCH_STEPS=1 cargo bench --bench snapshot      # with the small chain's restore steps
 //!
 //! The data set lives under target/bench-snapshot and is removed at the end.
 
@@ -367,6 +369,66 @@ fn manifest(share: &Path, name: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap_or_default()
 }
 
+/// `BENCH_ONLY=chain`: the full snapshot's chain grown by seven
+/// incremental snapshots of small-file changes (as the "small only" row),
+/// the newest restored against the full restore, and the driver's timings
+/// of each restore step.
+#[allow(clippy::too_many_arguments)]
+async fn chain_only(
+    c: &mut ControllerClient<tonic::transport::Channel>,
+    share: &Path,
+    vol: &Path,
+    source: &str,
+    data: u64,
+    full: &csi::Snapshot,
+    full_restore: Duration,
+    log: &Path,
+) {
+    let mut newest = String::new();
+    for k in 1..8 {
+        change(vol, data, 100 + k, false);
+        newest = snapshot(c, source, &format!("bench-inc-small{k}"))
+            .await
+            .1
+            .snapshot_id;
+    }
+    let chain = manifest(share, "bench-inc-small7")["chain"]
+        .as_u64()
+        .unwrap_or(0);
+    let steps = |from: usize| {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains("restore step"))
+            .map(String::from)
+            .collect();
+        (
+            lines.len(),
+            lines.into_iter().skip(from).collect::<Vec<_>>(),
+        )
+    };
+    let (seen, _) = steps(0);
+    drop_caches();
+    let chain_restore = restore(c, share, "bench-restore-small7", &newest).await;
+    let (seen2, lines) = steps(seen);
+    for l in &lines {
+        println!("  {l}");
+    }
+    drop_caches();
+    let again = restore(c, share, "bench-restore-again", &full.snapshot_id).await;
+    for l in steps(seen2).1 {
+        println!("  {l}");
+    }
+    println!(
+        "chain only: newest of a chain of {} archives {:.2} s = {:.2}x the full restore {:.2} s (again after the chain: {:.2} s)",
+        chain + 1,
+        chain_restore.as_secs_f64(),
+        chain_restore.as_secs_f64() / full_restore.as_secs_f64(),
+        full_restore.as_secs_f64(),
+        again.as_secs_f64()
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let scale: f64 = std::env::var("BENCH_SCALE")
@@ -496,6 +558,23 @@ async fn main() {
     .await
     .unwrap();
     let ours_restore = t.elapsed();
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("chain") {
+        let log = top.join("driver.log");
+        chain_only(
+            &mut c,
+            &share,
+            &vol,
+            &src.volume_id,
+            data,
+            &snap,
+            ours_restore,
+            &log,
+        )
+        .await;
+        d.kill();
+        let _ = std::fs::remove_dir_all(&top);
+        return;
+    }
     drop_caches();
     let xzf_dir = top.join("baseline-xzf");
     std::fs::create_dir_all(&xzf_dir).unwrap();
@@ -634,7 +713,19 @@ async fn main() {
         .as_u64()
         .unwrap_or(0);
     drop_caches();
+    let log = std::fs::read_to_string(top.join("driver.log")).unwrap_or_default();
+    let seen = log.lines().filter(|l| l.contains("restore step")).count();
     let ours_small_restore = restore(&mut c, &share, "bench-restore-small7", &newest_small).await;
+    if std::env::var_os("BENCH_STEPS").is_some() {
+        let log = std::fs::read_to_string(top.join("driver.log")).unwrap_or_default();
+        for l in log
+            .lines()
+            .filter(|l| l.contains("restore step"))
+            .skip(seen)
+        {
+            println!("  {l}");
+        }
+    }
 
     println!();
     row("snapshot", ours_snap, base_czf, "tar -czf", data, ">= 5x");

@@ -108,7 +108,9 @@ pub fn restore(
     let chain = super::chain::resolve(store, manifest)?;
     let mut files = Vec::with_capacity(chain.len());
     for (dir, m) in &chain {
+        let t = std::time::Instant::now();
         files.push(open_checked(dir, m, cancel)?);
+        tracing::debug!(snapshot = %m.name, bytes = m.archive_bytes, ms = t.elapsed().as_millis() as u64, "restore step: archive verified");
     }
     let root = dest;
     let res = (|| {
@@ -129,7 +131,9 @@ pub fn restore(
             } else {
                 None
             };
+            let t = std::time::Instant::now();
             let (a, b) = extract_checked(file, path, m, root.try_clone()?, opts, skip, cancel)?;
+            tracing::debug!(snapshot = %m.name, entries = a, bytes = b, ms = t.elapsed().as_millis() as u64, "restore step: archive extracted");
             n += a;
             bytes += b;
         }
