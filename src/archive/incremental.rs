@@ -174,4 +174,35 @@ mod tests {
         let e = Dumpdir::parse(huge, b"x").err().unwrap();
         assert!(matches!(e, Error::Refused { .. }), "{e}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Any bytes: parsed or refused, never a panic; what parses keeps
+        /// only plain names it listed.
+        #[test]
+        fn any_listing_is_parsed_or_refused(
+            data in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::Just(0u8),
+                    proptest::prelude::Just(b'Y'),
+                    proptest::prelude::Just(b'N'),
+                    proptest::prelude::Just(b'D'),
+                    proptest::prelude::Just(b'/'),
+                    proptest::prelude::Just(b'.'),
+                    proptest::prelude::any::<u8>(),
+                ],
+                0..64,
+            ),
+            probe in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..8),
+        ) {
+            if let Ok(d) = Dumpdir::parse(data.clone(), b"x") {
+                if d.keeps(&probe, false) || d.keeps(&probe, true) {
+                    let mut listed = data.split(|b| *b == 0).map(|r| r.get(1..).unwrap_or(&[]));
+                    proptest::prop_assert!(listed.any(|n| n == probe.as_slice()));
+                    proptest::prop_assert!(!probe.contains(&b'/') && probe != b".." && probe != b".");
+                }
+            }
+        }
+    }
 }

@@ -343,6 +343,22 @@ mod props {
         }
 
         #[test]
+        fn group_ids_parse_canonically_or_fail(s in edgy(), nfs in any::<bool>()) {
+            let s = if nfs { format!("g1#nfs#{s}") } else { format!("g1#mounted#{s}") };
+            if let Ok(id) = GroupSnapshotId::parse(&s) {
+                prop_assert_eq!(id.to_string(), s);
+            }
+        }
+
+        #[test]
+        fn group_ids_round_trip(e in export(), name in edgy()) {
+            if let (Some(export), false) = (e, name.is_empty()) {
+                let id = GroupSnapshotId::new(export, &name);
+                prop_assert_eq!(GroupSnapshotId::parse(&id.to_string()).unwrap(), id);
+            }
+        }
+
+        #[test]
         fn absolute_paths_are_kept_or_refused(s in edgy()) {
             if let Ok(p) = absolute_path("p", &s) {
                 prop_assert_eq!(p.to_str(), Some(s.as_str()));
