@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use nfs_csi::grpc::csi::v1 as csi;
-use sha2::{Digest, Sha256};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -40,25 +39,6 @@ fn group_req(name: &str, sources: &[&str]) -> csi::CreateVolumeGroupSnapshotRequ
         source_volume_ids: sources.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     }
-}
-
-/// Every regular file below `dir` (relative path -> content digest).
-fn contents(dir: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(p);
-            } else if ft.is_file() {
-                let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                out.insert(rel, hex::encode(Sha256::digest(std::fs::read(&p).unwrap())));
-            }
-        }
-    }
-    out
 }
 
 /// Calls CreateVolumeGroupSnapshot until the group is ready, checking that

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use nfs_csi::grpc::csi::v1 as csi;
-use sha2::{Digest, Sha256};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -49,29 +48,6 @@ fn group_req(
         parameters: params(p),
         ..Default::default()
     }
-}
-
-/// Every entry below `dir`: a directory, or a file's mode and content digest.
-fn contents(dir: &Path) -> BTreeMap<String, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            let rel = p.strip_prefix(dir).unwrap().display().to_string();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            if m.is_dir() {
-                stack.push(p);
-                out.insert(rel, "dir".into());
-            } else {
-                let digest = hex::encode(Sha256::digest(std::fs::read(&p).unwrap()));
-                let mode = m.permissions().mode();
-                out.insert(rel, format!("{mode:o} {digest}"));
-            }
-        }
-    }
-    out
 }
 
 /// `n` KiB of incompressible data.

@@ -293,3 +293,29 @@ impl Drop for MountGuard {
         }
     }
 }
+
+/// Every entry below `dir`: a directory, or a file's mode and content
+/// digest (relative path -> "dir" or "<mode> <sha256>"), for comparing a
+/// restored tree with its source.
+pub fn contents(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p);
+                out.insert(rel, "dir".into());
+            } else {
+                let digest = hex::encode(Sha256::digest(std::fs::read(&p).unwrap()));
+                let mode = m.permissions().mode();
+                out.insert(rel, format!("{mode:o} {digest}"));
+            }
+        }
+    }
+    out
+}
